@@ -1,0 +1,1 @@
+"""Mosquitto for canvoy: config and ACL written from the fleet PKI, run in the foreground."""

@@ -1,0 +1,154 @@
+"""Write mosquitto.conf and the ACL file from the fleet PKI."""
+
+from __future__ import annotations
+
+import getpass
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from certs import pki
+from wire.errors import BrokerError
+from wire.topics import FLEET_PREFIX, PREFIX
+
+# A bridge restarting for minutes at fleet rate must not lose messages: Mosquitto's default
+# of 1,000 queued messages per client drops the rest silently.
+DEFAULT_MAX_QUEUED_MESSAGES = 1_000_000
+DEFAULT_MAX_QUEUED_BYTES = 1024 * 1024 * 1024
+# 128 KiB payload plus topic, properties and headers.
+MAX_PACKET_BYTES = 128 * 1024 + 4096
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerSettings:
+    """Where and how the broker listens; see docs/CONFIG.md (broker)."""
+
+    certs: Path
+    port: int
+    data: Path
+    bind: str = "127.0.0.1"
+    broker_name: str = "broker"
+    max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES
+    max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
+    max_inflight_messages: int = 20
+    log_types: tuple[str, ...] = ("error", "warning", "notice", "information")
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise BrokerError(f"port {self.port} is invalid: use 1-65535")
+        if self.max_queued_messages < 0 or self.max_queued_bytes < 0:
+            raise BrokerError("max_queued_messages and max_queued_bytes must be >= 0 (0 = none)")
+
+    @property
+    def conf_path(self) -> Path:
+        """The generated mosquitto.conf."""
+        return self.data / "mosquitto.conf"
+
+    @property
+    def acl_path(self) -> Path:
+        """The generated ACL file."""
+        return self.data / "acl"
+
+
+def render_acl(identities: list[pki.Identity]) -> str:
+    """The ACL text: each identity gets exactly its rights, nobody else gets anything.
+
+    Revoked identities get no rules (the CRL already keeps them out; this is a second lock).
+    """
+    lines = ["# Written by 'canvoy broker' from the fleet PKI. Do not edit: it is rewritten.", ""]
+    for ident in identities:
+        if ident.revoked or ident.kind == "broker":
+            continue
+        lines.append(f"user {ident.name}")
+        if ident.kind == "device":
+            base = f"{PREFIX}/{ident.name}"
+            lines += [
+                f"topic write {base}/telemetry",
+                f"topic write {base}/events",
+                f"topic write {base}/status",
+                f"topic read {base}/receipts",
+            ]
+        elif ident.kind == "bridge":
+            lines += [
+                f"topic read {PREFIX}/+/#",
+                f"topic write {FLEET_PREFIX}/#",
+                f"topic write {PREFIX}/+/receipts",
+            ]
+        elif ident.kind == "operator":
+            lines += [f"topic read {FLEET_PREFIX}/#", f"topic read {PREFIX}/+/#"]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def render_conf(settings: BrokerSettings) -> str:
+    """The mosquitto.conf text for one mutual-TLS listener."""
+    s = settings
+    broker_dir = pki.identity_dir(s.certs.resolve(), "broker", s.broker_name)
+    certs = s.certs.resolve()
+    data = s.data.resolve()
+    lines = [
+        "# Written by 'canvoy broker'. Do not edit: it is rewritten at every start.",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"acl_file {data / 'acl'}",
+        "persistence true",
+        f"persistence_location {data}/",
+        "autosave_interval 30",
+        f"max_queued_messages {s.max_queued_messages}",
+        f"max_queued_bytes {s.max_queued_bytes}",
+        f"max_inflight_messages {s.max_inflight_messages}",
+        f"max_packet_size {MAX_PACKET_BYTES}",
+        # Stay inside AWS IoT Core's limits: no topic aliases.
+        "max_topic_alias 0",
+        "log_dest stderr",
+        *[f"log_type {t}" for t in s.log_types],
+        "connection_messages true",
+        "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        f"user {getpass.getuser()}",
+        "",
+        f"listener {s.port} {s.bind}",
+        f"cafile {pki.ca_cert_path(certs)}",
+        f"certfile {broker_dir / 'cert.pem'}",
+        f"keyfile {broker_dir / 'key.pem'}",
+        f"crlfile {pki.crl_path(certs)}",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "tls_version tlsv1.2",
+        "set_tcp_nodelay true",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_config(settings: BrokerSettings) -> Path:
+    """Write mosquitto.conf and the ACL into ``settings.data``; return the conf path.
+
+    Raises:
+        BrokerError: the PKI has no broker certificate, or the data directory is not writable.
+        PKIError: there is no fleet CA.
+    """
+    certs = settings.certs
+    pki.load_ca(certs)
+    cert = pki.identity_dir(certs, "broker", settings.broker_name) / "cert.pem"
+    if not cert.is_file():
+        raise BrokerError(
+            f"no broker certificate at {str(cert)!r}: run "
+            f"'canvoy certs issue broker --dir {certs} --host localhost --host 127.0.0.1'"
+        )
+    try:
+        settings.data.mkdir(parents=True, exist_ok=True)
+        write_acl(settings)
+        tmp = settings.conf_path.with_suffix(".tmp")
+        tmp.write_text(render_conf(settings))
+        os.replace(tmp, settings.conf_path)
+    except OSError as exc:
+        raise BrokerError(f"cannot write broker config in {str(settings.data)!r}: {exc}") from exc
+    return settings.conf_path
+
+
+def write_acl(settings: BrokerSettings) -> Path:
+    """Rewrite the ACL from the PKI as it is now (used at start and on SIGHUP)."""
+    tmp = settings.acl_path.with_suffix(".tmp")
+    tmp.write_text(render_acl(pki.identities(settings.certs)))
+    os.replace(tmp, settings.acl_path)
+    return settings.acl_path

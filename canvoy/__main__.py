@@ -1,0 +1,5 @@
+"""Run the CLI with ``python -m canvoy``."""
+
+from canvoy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,5 @@
+"""The subcommands; each module has ``add_parser(subparsers)`` that sets ``func``."""
+
+from canvoy.commands import broker, certs
+
+COMMANDS = (certs, broker)

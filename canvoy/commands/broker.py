@@ -1,0 +1,39 @@
+"""``canvoy broker``: run Mosquitto with the config and ACL written from the fleet PKI."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from broker.config import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_MESSAGES, BrokerSettings
+from broker.process import data_dir_default, run_foreground
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``canvoy broker``."""
+    parser = sub.add_parser(
+        "broker",
+        help="run Mosquitto with mutual TLS and per-device ACLs from the PKI",
+        description="Runs in the foreground. SIGTERM stops it; SIGHUP rewrites the ACL from the "
+        "PKI and reloads certificates and the CRL.",
+    )
+    parser.add_argument("--certs", type=Path, required=True, help="the PKI directory")
+    parser.add_argument("--port", type=int, default=8883)
+    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--data", type=Path, help="state directory (default CERTS/broker-data)")
+    parser.add_argument("--max-queued-messages", type=int, default=DEFAULT_MAX_QUEUED_MESSAGES)
+    parser.add_argument("--max-queued-bytes", type=int, default=DEFAULT_MAX_QUEUED_BYTES)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = BrokerSettings(
+        certs=args.certs,
+        port=args.port,
+        bind=args.bind,
+        data=args.data or data_dir_default(args.certs),
+        max_queued_messages=args.max_queued_messages,
+        max_queued_bytes=args.max_queued_bytes,
+    )
+    return run_foreground(settings)

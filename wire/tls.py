@@ -1,0 +1,49 @@
+"""TLS contexts for mutually authenticated MQTT: TLS 1.2 or newer, the fleet CA only."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+from pathlib import Path
+
+from cryptography import x509
+
+from wire.errors import ConfigError
+
+
+def client_context(*, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """A client context that presents ``cert``/``key`` and trusts only the fleet CA ``ca``.
+
+    Raises:
+        ConfigError: a file is missing or does not hold what it should.
+    """
+    for label, path in (("CA certificate", ca), ("certificate", cert), ("key", key)):
+        if not path.is_file():
+            raise ConfigError(f"{label} {str(path)!r} does not exist: run 'canvoy certs' first")
+    _check_validity(cert)
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_verify_locations(cafile=str(ca))
+        ctx.load_cert_chain(certfile=str(cert), keyfile=str(key))
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"cannot load TLS files {str(cert)!r}/{str(key)!r}: {exc}") from exc
+    return ctx
+
+
+def _check_validity(path: Path) -> None:
+    try:
+        cert = x509.load_pem_x509_certificate(path.read_bytes())
+    except ValueError as exc:
+        raise ConfigError(f"{str(path)!r} is not a PEM certificate: {exc}") from exc
+    now = dt.datetime.now(dt.UTC)
+    if cert.not_valid_after_utc < now:
+        raise ConfigError(
+            f"certificate {str(path)!r} expired on {cert.not_valid_after_utc:%Y-%m-%d}: "
+            "issue a new one with 'canvoy certs issue ... --force'"
+        )
+    if cert.not_valid_before_utc > now:
+        raise ConfigError(
+            f"certificate {str(path)!r} is not valid before {cert.not_valid_before_utc:%Y-%m-%d}:"
+            " check this machine's clock"
+        )
