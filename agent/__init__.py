@@ -1,0 +1,1 @@
+"""The in-vehicle agent: ingest, decode, policy, batch, sign, store and publish."""

@@ -1,0 +1,1 @@
+"""The cloud bridge: subscribe, verify, and forward to downstream sinks."""

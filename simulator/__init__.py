@@ -1,0 +1,1 @@
+"""Realistic vehicle traffic from a DBC: drive cycles, faults, responders, fleets."""
