@@ -1,5 +1,5 @@
 """The subcommands; each module has ``add_parser(subparsers)`` that sets ``func``."""
 
-from canvoy.commands import broker, certs
+from canvoy.commands import broker, certs, decode
 
-COMMANDS = (certs, broker)
+COMMANDS = (certs, broker, decode)
