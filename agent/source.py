@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import can
-from tenacity import Retrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_random
 
 from wire.errors import DecodeError
 
@@ -60,6 +60,8 @@ def _open_reader(path: Path) -> Any:
     if suffix == ".mf4" and importlib.util.find_spec("asammdf") is None:
         raise DecodeError("reading MF4 needs asammdf: pip install 'canvoy[mf4]'")
     try:
+        if suffix == ".asc":  # keep the recorded (absolute) times, as the other formats do
+            return can.io.ASCReader(str(path), relative_timestamp=False)
         return can.LogReader(str(path))
     except (OSError, ValueError, NotImplementedError) as exc:
         raise DecodeError(f"cannot open log {str(path)!r}: {exc}") from exc
@@ -182,14 +184,18 @@ def open_bus(
 class BusSupervisor:
     """Keeps one live bus open and feeding its listener; reopens it with back-off on failure."""
 
-    def __init__(self, name: str, listener: can.Listener, opener: Any) -> None:
+    def __init__(
+        self, name: str, listener: can.Listener, opener: Any, *, backoff_initial_s: float = 1.0
+    ) -> None:
         self.name = name
+        self._backoff_initial_s = backoff_initial_s
         self.listener = listener
         self._opener = opener
         self._stop = threading.Event()
         self._failed = threading.Event()
         self.reopens = 0
         self.open_failures = 0
+        self._bus: can.BusABC | None = None
         self._thread = threading.Thread(target=self._run, name=f"bus-{name}", daemon=True)
 
     def start(self) -> None:
@@ -204,7 +210,8 @@ class BusSupervisor:
 
     def _open(self) -> can.BusABC:
         for attempt in Retrying(
-            wait=wait_exponential_jitter(initial=1, max=60),
+            wait=wait_exponential(multiplier=self._backoff_initial_s, max=60)
+            + wait_random(0, self._backoff_initial_s),
             retry=retry_if_exception_type((can.CanError, OSError, ValueError)),
             before_sleep=lambda state: self._note_failure(state.outcome),
             reraise=True,
@@ -215,6 +222,11 @@ class BusSupervisor:
                 bus: can.BusABC = self._opener()
                 return bus
         raise AssertionError("unreachable")
+
+    @property
+    def bus(self) -> can.BusABC | None:
+        """The bus currently open, if any."""
+        return self._bus
 
     def _note_failure(self, outcome: Any) -> None:
         self.open_failures += 1
@@ -237,9 +249,11 @@ class BusSupervisor:
             except InterruptedError:
                 return
             self._failed.clear()
+            self._bus = bus
             notifier = can.Notifier(bus, [self.listener, _Watch()], timeout=0.5)
             self._failed.wait()
             notifier.stop()
+            self._bus = None
             bus.shutdown()
             if not self._stop.is_set():
                 self.reopens += 1

@@ -1,0 +1,119 @@
+"""Frame sources: every python-can log format, bad lines, and live buses that fail."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import can
+import pytest
+
+from agent.source import BusSupervisor, ReplayStats, paced, parse_speed, read_log
+from tests.waiting import wait_for
+from wire.errors import DecodeError
+
+T0 = 1_700_000_000.0
+FRAMES = [
+    can.Message(timestamp=T0 + i * 0.01, arbitration_id=0x100 + i % 5, is_extended_id=False,
+                data=bytes([i % 256, 1, 2, 3, 4, 5, 6, 7]), channel=0)
+    for i in range(50)
+] + [
+    can.Message(timestamp=1_700_000_001.0, arbitration_id=0x18FEF100, is_extended_id=True,
+                data=bytes([9, 8, 7]), channel=0)
+]  # fmt: skip
+
+
+def _key(msg: can.Message) -> tuple[object, ...]:
+    return (round(msg.timestamp, 4), msg.arbitration_id, msg.is_extended_id, bytes(msg.data))
+
+
+@pytest.mark.parametrize("suffix", [".asc", ".blf", ".csv", ".log", ".trc", ".db"])
+def test_every_log_format_replays_the_same_frames(tmp_path: Path, suffix: str) -> None:
+    path = tmp_path / f"drive{suffix}"
+    with can.Logger(str(path)) as logger:
+        for msg in FRAMES:
+            logger.on_message_received(msg)
+    got = list(read_log(path))
+    assert [_key(m) for m in got] == [_key(m) for m in FRAMES]
+
+
+def test_bad_candump_lines_are_counted_and_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "bad.log"
+    path.write_text(
+        "(1.0) can0 123#1122\nGARBAGE LINE\n(2.0) can0 124#33\n(3.0) can0 12X#zz\n"
+        "(4.0) can0 125#44\n"
+    )
+    stats = ReplayStats()
+    got = [m.arbitration_id for m in read_log(path, stats)]
+    assert got == [0x123, 0x124, 0x125]
+    assert stats.bad_lines == 2
+
+
+def test_unknown_format_and_missing_file_are_clear_errors(tmp_path: Path) -> None:
+    (tmp_path / "drive.xyz").write_text("x")
+    with pytest.raises(DecodeError, match=r"unknown format '\.xyz'"):
+        list(read_log(tmp_path / "drive.xyz"))
+    with pytest.raises(DecodeError, match="does not exist"):
+        list(read_log(tmp_path / "none.log"))
+
+
+@pytest.mark.parametrize(
+    ("text", "want"), [("max", "max"), ("realtime", "realtime"), ("x10", 10.0)]
+)
+def test_speeds(text: str, want: object) -> None:
+    assert parse_speed(text) == want
+
+
+@pytest.mark.parametrize("text", ["fast", "x0", "x-1", "10"])
+def test_bad_speed_says_what_is_allowed(text: str) -> None:
+    with pytest.raises(ValueError, match="use max, realtime or xN"):
+        parse_speed(text)
+
+
+def test_paced_replay_keeps_order_and_stops_when_asked() -> None:
+    stop = threading.Event()
+    got = []
+    for msg in paced(iter(FRAMES), 1000.0, stop):
+        got.append(msg)
+        if len(got) == 10:
+            stop.set()
+    assert got == FRAMES[:10]
+
+
+class _Sink(can.Listener):
+    def __init__(self) -> None:
+        self.frames: list[can.Message] = []
+
+    def on_message_received(self, msg: can.Message) -> None:
+        self.frames.append(msg)
+
+
+def test_live_bus_is_read_and_reopened_after_it_fails() -> None:
+    channel = "canvoy-test-reopen"
+    attempts = {"n": 0}
+
+    def opener() -> can.BusABC:
+        attempts["n"] += 1
+        if attempts["n"] == 1:
+            raise can.CanInterfaceNotImplementedError("adapter unplugged")
+        return can.Bus(interface="virtual", channel=channel, receive_own_messages=False)
+
+    sink = _Sink()
+    supervisor = BusSupervisor("pt", sink, opener, backoff_initial_s=0.05)
+    supervisor.start()
+    sender = can.Bus(interface="virtual", channel=channel)
+    try:
+        wait_for(lambda: supervisor.bus is not None, what="bus to open after a failure")
+        assert supervisor.open_failures == 1
+        sender.send(can.Message(arbitration_id=0x1, data=b"\x01", is_extended_id=False))
+        wait_for(lambda: len(sink.frames) == 1, what="first frame")
+        failing = supervisor.bus
+        assert failing is not None
+        failing.shutdown()  # the interface goes away under the notifier
+        wait_for(lambda: supervisor.reopens == 1 and supervisor.bus is not None, what="reopen")
+        sender.send(can.Message(arbitration_id=0x2, data=b"\x02", is_extended_id=False))
+        wait_for(lambda: len(sink.frames) == 2, what="frame after reopen")
+    finally:
+        supervisor.stop()
+        sender.shutdown()
+    assert [m.arbitration_id for m in sink.frames] == [0x1, 0x2]
