@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import can
-import cantools
 import pytest
 
 from agent.database import build_index, load_databases, signal_bits
@@ -33,7 +32,7 @@ def _frame(
 def test_signal_bits_match_what_cantools_encodes(path: Path) -> None:
     if not path.is_file():
         pytest.skip(f"{path} is absent")
-    db = cantools.database.load_file(str(path))
+    db = load_databases([path])[0]
     checked = 0
     for message in db.messages:
         mux = next((s for s in message.signals if s.is_multiplexer), None)
@@ -70,7 +69,7 @@ def test_standard_and_extended_ids_are_kept_apart() -> None:
 
 
 def test_motorola_fd_and_multiplexed_messages_decode_as_cantools_does() -> None:
-    db = cantools.database.load_file(str(TEST_DBC))
+    db = load_databases([TEST_DBC])[0]
     decoder = Decoder(build_index(load_databases([TEST_DBC])))
     cases = [
         (0x200, bytes([0x27, 0x10, 0x01, 0x02, 0x03, 0xFF, 0x60, 0]), False),
