@@ -31,15 +31,35 @@ class Sample(NamedTuple):
     value: Value
 
 
-@dataclass(slots=True)
 class _Gate:
-    """Reporting state of one signal."""
+    """Reporting state of one signal, with its rate flattened for the hot loop."""
 
-    plan: SignalPlan
-    key: str
-    last: Value | None = None
-    last_t: float = -INF
-    pending: bool = False
+    __slots__ = (
+        "deadband", "decimals", "due", "heartbeat_s", "key", "last", "last_t",
+        "min_interval_s", "name", "on_change", "pending",
+    )  # fmt: skip
+
+    def __init__(self, plan: SignalPlan, key: str) -> None:
+        self.name = plan.name
+        self.key = key
+        self.on_change = plan.rate.on_change
+        self.deadband = plan.rate.deadband
+        self.min_interval_s = plan.rate.min_interval_s
+        self.heartbeat_s = plan.rate.heartbeat_s
+        self.decimals = plan.decimals
+        self.last: Value | None = None
+        self.last_t = -INF
+        self.pending = False
+        self.due = INF  # when this signal next needs a decode even if its bits are unchanged
+
+    def settle(self) -> None:
+        """Recompute ``due`` after the state changed."""
+        if self.pending or not self.on_change:
+            self.due = self.last_t + self.min_interval_s
+        elif self.heartbeat_s > 0:
+            self.due = self.last_t + self.heartbeat_s
+        else:
+            self.due = INF
 
 
 @dataclass(slots=True)
@@ -50,7 +70,8 @@ class _Entry:
     length: int = 0
     mask: int = 0
     mux_mask: int = 0
-    gates: dict[str, _Gate] = field(default_factory=dict)
+    gates: list[_Gate] = field(default_factory=list)
+    due: float = -INF
     # per multiplexer value: [last masked bits, time at which some signal is due]
     states: dict[int, list[float]] = field(default_factory=dict)
 
@@ -131,40 +152,37 @@ class Collector(can.Listener):
 
     def _gate(self, entry: _Entry, signals: dict[str, Value], t: float) -> float:
         """Apply rate rules; emit samples; return when this message next needs decoding."""
-        due = INF
-        emit = self.emit
-        for name, decoded in signals.items():
-            gate = entry.gates.get(name)
-            if gate is None:
-                continue
-            rate = gate.plan.rate
-            value = decoded
-            if gate.plan.decimals is not None and isinstance(value, float):
-                value = round(value, gate.plan.decimals)
-            last = gate.last
-            if last is None or not rate.on_change:
+        touched = False
+        for g in entry.gates:
+            value = signals.get(g.name)
+            if value is None:
+                continue  # a signal of another multiplexer page
+            if g.decimals is not None and value.__class__ is float:
+                value = round(value, g.decimals)
+            last = g.last
+            if value == last:
+                changed = False
+            elif last is None or g.deadband <= 0 or value.__class__ is str or last.__class__ is str:
                 changed = True
-            elif isinstance(value, str) or isinstance(last, str):
-                changed = value != last
             else:
-                changed = abs(value - last) > rate.deadband
-            since = t - gate.last_t
-            if changed and since >= rate.min_interval_s:
-                report = True
-            elif changed:
-                report = False
-                gate.pending = True
+                changed = abs(value - last) > g.deadband  # type: ignore[operator]
+            since = t - g.last_t
+            if changed or not g.on_change:
+                report = since >= g.min_interval_s
             else:
-                report = rate.heartbeat_s > 0 and since >= rate.heartbeat_s
-                gate.pending = False
+                report = g.heartbeat_s > 0 and since >= g.heartbeat_s
             if report:
-                emit(Sample(t, gate.key, value))
-                gate.last, gate.last_t, gate.pending = value, t, False
-            if gate.pending or not rate.on_change:
-                due = min(due, gate.last_t + rate.min_interval_s)
-            if rate.heartbeat_s > 0:
-                due = min(due, gate.last_t + rate.heartbeat_s)
-        return due
+                self.emit(Sample(t, g.key, value))
+                g.last, g.last_t, g.pending = value, t, False
+            elif changed != g.pending and g.on_change:
+                g.pending = changed  # a change held back by min_interval_s, or one undone
+            else:
+                continue
+            g.settle()
+            touched = True
+        if touched:
+            entry.due = min(g.due for g in entry.gates)
+        return entry.due
 
     def _resolve(self, key: int) -> _Entry:
         message = self.index.lookup(key)
@@ -180,7 +198,7 @@ class Collector(can.Listener):
                 entry.mask |= bits
             if plan is not None:
                 entry.mask |= bits
-                entry.gates[signal.name] = _Gate(plan=plan, key=plan.path + suffix)
+                entry.gates.append(_Gate(plan, plan.path + suffix))
         if not entry.gates:
             entry.mask = 0
         return entry
