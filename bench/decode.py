@@ -15,11 +15,11 @@ import can
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.collect import Collector, Sample  # noqa: E402
-from agent.database import build_index  # noqa: E402
-from agent.policy import load_policy  # noqa: E402
-from agent.source import read_log  # noqa: E402
-from bench.realdbc import CACHE, load, make_log, opendbc_file  # noqa: E402
+from agent.collect import Collector, Sample
+from agent.database import build_index
+from agent.policy import load_policy
+from agent.source import read_log
+from bench.realdbc import CACHE, load, make_log, opendbc_file
 
 
 def bare(path: Path, db: object) -> tuple[float, int]:

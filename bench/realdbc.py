@@ -86,7 +86,7 @@ def _encodable(
 
 
 def make_log(db: Database, path: Path, frames: int, *, seed: int = 1) -> Path:
-    """Write ``frames`` frames of ``db``'s messages at realistic periods to ``path`` (any format)."""
+    """Write ``frames`` frames of ``db``'s messages at realistic periods to ``path``."""
     if path.is_file():
         return path
     rng = random.Random(seed)
