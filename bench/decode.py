@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import can
+from cantools.database.can import Database
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -22,28 +23,28 @@ from agent.source import read_log
 from bench.realdbc import CACHE, load, make_log, opendbc_file
 
 
-def bare(path: Path, db: object) -> tuple[float, int]:
+def bare(path: Path, db: Database) -> tuple[float, int]:
     """(a): what a script does: read every frame, decode every known one with cantools."""
-    decode = db.decode_message  # type: ignore[attr-defined]
+    decode = db.decode_message
     decoded = 0
     start = time.perf_counter()
     for msg in can.LogReader(str(path)):
         try:
-            decode(msg.arbitration_id, msg.data, decode_choices=True)
+            decode(msg.arbitration_id, bytes(msg.data), decode_choices=True)
         except KeyError:
             continue
         decoded += 1
     return time.perf_counter() - start, decoded
 
 
-def agent(path: Path, db: object) -> tuple[float, Collector, int]:
+def agent(path: Path, db: Database) -> tuple[float, Collector, int]:
     """(b): the agent's replay -> decode -> policy path with the default policy."""
     samples: list[Sample] = []
     collector = Collector(
         bus="pt",
         index=build_index([db]),
         policy=load_policy(None),
-        emit=samples.append,  # type: ignore[list-item]
+        emit=samples.append,
     )
     on_frame = collector.on_message_received
     start = time.perf_counter()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import can
 import cantools
@@ -90,7 +91,7 @@ def make_log(db: Database, path: Path, frames: int, *, seed: int = 1) -> Path:
     if path.is_file():
         return path
     rng = random.Random(seed)
-    plans = []
+    plans: list[tuple[float, int, float, Message, list[Any], dict[str, int], dict[str, float]]] = []
     for message in db.messages:
         signals = _page_signals(message)
         raw = {s.name: 0 for s in signals}
