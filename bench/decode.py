@@ -30,7 +30,7 @@ def bare(path: Path, db: Database) -> tuple[float, int]:
     start = time.perf_counter()
     for msg in can.LogReader(str(path)):
         try:
-            decode(msg.arbitration_id, bytes(msg.data), decode_choices=True)
+            decode(msg.arbitration_id, msg.data, decode_choices=True)  # type: ignore[arg-type]
         except KeyError:
             continue
         decoded += 1
