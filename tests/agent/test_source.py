@@ -117,3 +117,39 @@ def test_live_bus_is_read_and_reopened_after_it_fails() -> None:
         supervisor.stop()
         sender.shutdown()
     assert [m.arbitration_id for m in sink.frames] == [0x1, 0x2]
+
+
+def test_driver_filters_pass_known_ids_and_j1939_pgns_from_any_source() -> None:
+    from agent.buses import driver_filters
+    from agent.database import build_index, load_databases
+    from tests.agent.test_decode import J1939_DBC, TEST_DBC
+
+    plain = build_index(load_databases([TEST_DBC]))
+    channel = "canvoy-test-filters"
+    rx = can.Bus(interface="virtual", channel=channel, can_filters=driver_filters(plain))
+    tx = can.Bus(interface="virtual", channel=channel)
+    try:
+        for arb, ext in ((0x100, False), (0x7FF, False), (0x100, True), (0x101, True)):
+            tx.send(can.Message(arbitration_id=arb, is_extended_id=ext, data=b"\x00" * 8))
+        got = []
+        while (msg := rx.recv(0.2)) is not None:
+            got.append((msg.arbitration_id, msg.is_extended_id))
+        assert got == [(0x100, False), (0x100, True)]
+    finally:
+        rx.shutdown()
+        tx.shutdown()
+    if J1939_DBC.is_file():
+        j1939 = build_index(load_databases([J1939_DBC]))
+        rx = can.Bus(interface="virtual", channel=channel, can_filters=driver_filters(j1939))
+        tx = can.Bus(interface="virtual", channel=channel)
+        try:
+            # EEC1 from source 0x00 and 0x21 pass (the DBC says 0xFE); another PGN does not.
+            for arb in (0x0CF00400, 0x0CF00421, 0x18FEF100, 0x18FEEE00):
+                tx.send(can.Message(arbitration_id=arb, data=b"\x00" * 8))
+            got_ids = []
+            while (msg := rx.recv(0.2)) is not None:
+                got_ids.append(msg.arbitration_id)
+            assert got_ids == [0x0CF00400, 0x0CF00421, 0x18FEF100]
+        finally:
+            rx.shutdown()
+            tx.shutdown()
