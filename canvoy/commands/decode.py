@@ -66,7 +66,7 @@ def _run(args: argparse.Namespace) -> int:
             signals = {
                 k: v for k, v in decoded.signals.items() if _keep(args.signals, decoded.message, k)
             }
-            if not signals:
+            if args.signals and not signals:
                 continue
             row: dict[str, Any] = {
                 "t": decoded.t,
