@@ -112,6 +112,28 @@ def _read_candump(path: Path, stats: ReplayStats) -> Iterator[can.Message]:
         source.close()
 
 
+def replay_frames(path: Path, *, loop: bool, stats: ReplayStats) -> Iterator[can.Message]:
+    """The frames of ``path``; with ``loop`` the file starts again at its end, with timestamps
+    shifted so that time keeps moving forward.
+
+    Raises:
+        DecodeError: the file is missing or of an unknown format.
+    """
+    offset = 0.0
+    while True:
+        first = last = None
+        for msg in read_log(path, stats):
+            if first is None:
+                first = msg.timestamp
+            last = msg.timestamp
+            if offset:
+                msg.timestamp += offset
+            yield msg
+        if not loop or first is None or last is None:
+            return
+        offset += (last - first) + 0.001
+
+
 Speed = Literal["max", "realtime"] | float
 
 

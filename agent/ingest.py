@@ -1,0 +1,100 @@
+"""Run every configured bus: live buses under a supervisor, logs replayed in a thread."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import can
+
+from agent.buses import BusConfig, driver_filters
+from agent.collect import Collector, Sample
+from agent.database import build_index, load_databases
+from agent.policy import Policy
+from agent.source import BusSupervisor, ReplayStats, open_bus, paced, parse_speed, replay_frames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Channel:
+    """One running bus: its collector and whichever source feeds it."""
+
+    config: BusConfig
+    collector: Collector
+    supervisor: BusSupervisor | None = None
+    replay: ReplayStats | None = None
+    thread: threading.Thread | None = None
+
+
+class Ingest:
+    """Frames from every bus in the config to samples, through one Collector per bus.
+
+    Nothing here ever stops the agent: a bus that fails is reopened, a log that ends or breaks
+    is logged, and every frame that could not be used is counted in its collector's stats.
+    """
+
+    def __init__(
+        self,
+        buses: Sequence[BusConfig],
+        policy: Policy,
+        emit: Callable[[Sample], None],
+        on_unknown: Callable[[can.Message], None] | None = None,
+    ) -> None:
+        self._stop = threading.Event()
+        self.channels: list[Channel] = []
+        for bus in buses:
+            index = build_index(load_databases(bus.databases), j1939=bus.j1939)
+            collector = Collector(
+                bus=bus.name, index=index, policy=policy, emit=emit, on_unknown=on_unknown
+            )
+            channel = Channel(config=bus, collector=collector)
+            if bus.interface is not None and bus.channel is not None:
+                filters = driver_filters(index) if bus.filters == "auto" else None
+                opener = partial(
+                    open_bus, interface=bus.interface, channel=bus.channel, bitrate=bus.bitrate,
+                    fd=bus.fd, filters=filters, options=bus.options,
+                )  # fmt: skip
+                channel.supervisor = BusSupervisor(bus.name, collector, opener)
+            else:
+                channel.replay = ReplayStats()
+                channel.thread = threading.Thread(
+                    target=self._replay, args=(channel,), name=f"replay-{bus.name}", daemon=True
+                )
+            self.channels.append(channel)
+
+    def start(self) -> None:
+        """Start reading every bus."""
+        for channel in self.channels:
+            if channel.supervisor is not None:
+                channel.supervisor.start()
+            elif channel.thread is not None:
+                channel.thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop reading; frames already handed to the collectors stay handled."""
+        self._stop.set()
+        for channel in self.channels:
+            if channel.supervisor is not None:
+                channel.supervisor.stop(timeout_s)
+            elif channel.thread is not None:
+                channel.thread.join(timeout_s)
+
+    def replays_done(self) -> bool:
+        """True when every replayed log has ended (live buses never end)."""
+        return all(c.thread is not None and not c.thread.is_alive() for c in self.channels)
+
+    def _replay(self, channel: Channel) -> None:
+        bus = channel.config
+        assert bus.replay is not None and channel.replay is not None
+        on_frame = channel.collector.on_message_received
+        try:
+            frames = replay_frames(bus.replay, loop=bus.loop, stats=channel.replay)
+            for msg in paced(frames, parse_speed(bus.speed), self._stop):
+                on_frame(msg)
+        except Exception as exc:  # the ingest loop survives anything a log file does
+            channel.replay.errors.append(str(exc))
+            log.error("bus %s: replay of %s stopped: %s", bus.name, bus.replay, exc)
