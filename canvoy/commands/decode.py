@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
 from agent.database import build_index, load_databases
 from agent.decode import Decoder
 from agent.source import ReplayStats, read_log
@@ -58,8 +61,11 @@ def _run(args: argparse.Namespace) -> int:
         raise DecodeError(f"cannot write {str(args.output)!r}: {exc.strerror}") from exc
     started = time.perf_counter()
     written = 0
+    progress = _progress(args.log) if sys.stderr.isatty() else None
     try:
         for msg in frames:
+            if progress is not None and decoder.stats.frames % 20_000 == 0:
+                progress.update(TaskID(0), completed=decoder.stats.frames)
             decoded = decoder.decode(msg)
             if decoded is None:
                 continue
@@ -83,10 +89,26 @@ def _run(args: argparse.Namespace) -> int:
         sys.stderr.close()
         return 0
     finally:
+        if progress is not None:
+            progress.stop()
         if args.output:
             out.close()
     _summary(decoder, replay, written, time.perf_counter() - started)
     return 0
+
+
+def _progress(log: Path) -> Progress:
+    """A live frame counter on the terminal (stderr), gone when the file is done."""
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn(f"decoding {log.name}: {{task.completed:,}} frames"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    progress.add_task("decode", total=None)
+    progress.start()
+    return progress
 
 
 def _summary(decoder: Decoder, replay: ReplayStats, written: int, seconds: float) -> None:
