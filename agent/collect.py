@@ -17,7 +17,7 @@ import can
 from cantools.database.can import Message
 
 from agent.database import EXTENDED, Index, signal_bits
-from agent.decode import DecodeStats, Value, decode_payload
+from agent.decode import DecodeStats, Value, data_frame_key, decode_payload
 from agent.policy import Policy, SignalPlan
 
 INF = math.inf
@@ -71,7 +71,7 @@ class _Entry:
     mask: int = 0
     mux_mask: int = 0
     gates: list[_Gate] = field(default_factory=list)
-    due: float = -INF
+    due: float = INF  # nothing is due until a signal has been reported
     # per multiplexer value: [last masked bits, time at which some signal is due]
     states: dict[int, list[float]] = field(default_factory=dict)
 
@@ -104,14 +104,9 @@ class Collector(can.Listener):
     def on_message_received(self, msg: can.Message) -> None:
         """Handle one frame; never raises for bad traffic (it is counted instead)."""
         stats = self.stats
-        stats.frames += 1
-        if msg.is_error_frame:
-            stats.error_frames += 1
+        key = data_frame_key(msg, stats)
+        if key is None:
             return
-        if msg.is_remote_frame:
-            stats.remote_frames += 1
-            return
-        key = msg.arbitration_id | EXTENDED if msg.is_extended_id else msg.arbitration_id
         entry = self._entries.get(key)
         if entry is None:
             entry = self._entries[key] = self._resolve(key)

@@ -53,6 +53,18 @@ class DecodeStats:
         return sum(self.unknown.values())
 
 
+def data_frame_key(msg: can.Message, stats: DecodeStats) -> int | None:
+    """Count ``msg``; return its frame key, or None for an error or remote frame (counted)."""
+    stats.frames += 1
+    if msg.is_error_frame:
+        stats.error_frames += 1
+        return None
+    if msg.is_remote_frame:
+        stats.remote_frames += 1
+        return None
+    return msg.arbitration_id | EXTENDED if msg.is_extended_id else msg.arbitration_id
+
+
 @dataclass(frozen=True, slots=True)
 class Decoded:
     """One decoded frame."""
@@ -78,14 +90,9 @@ class Decoder:
     def decode(self, msg: can.Message) -> Decoded | None:
         """Decode one frame, or count it as error, remote, unknown or malformed and return None."""
         stats = self.stats
-        stats.frames += 1
-        if msg.is_error_frame:
-            stats.error_frames += 1
+        key = data_frame_key(msg, stats)
+        if key is None:
             return None
-        if msg.is_remote_frame:
-            stats.remote_frames += 1
-            return None
-        key = msg.arbitration_id | EXTENDED if msg.is_extended_id else msg.arbitration_id
         try:
             message = self._messages[key]
         except KeyError:

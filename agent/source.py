@@ -43,9 +43,6 @@ class _LineFile:
             self.line += 1
             yield text
 
-    def read(self, size: int = -1) -> str:
-        return self._file.read(size)
-
     def close(self) -> None:
         self._file.close()
 
