@@ -1,0 +1,149 @@
+"""Group samples into telemetry batches closed by time, count or size; events go straight out."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.collect import Sample
+from wire import body
+from wire.envelope import MAX_PAYLOAD_BYTES, Encoding
+from wire.errors import ConfigError
+from wire.topics import Kind
+
+log = logging.getLogger(__name__)
+
+# What the envelope adds around a body: fields, signature and msgpack headers.
+ENVELOPE_OVERHEAD_BYTES = 256
+MAX_BATCH_BYTES = MAX_PAYLOAD_BYTES - ENVELOPE_OVERHEAD_BYTES
+_NEW_SERIES_BYTES = 12  # array headers of a new column, beyond its key
+_SAMPLE_BYTES = 11  # a float64 value and a short delta; ints and repeats are smaller
+
+Seal = Callable[[Kind, Encoding, bytes], object]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BatchConfig:
+    """When an open telemetry batch is closed: whichever limit is reached first."""
+
+    max_interval_s: float = 1.0
+    max_samples: int = 20_000
+    max_bytes: int = 96 * 1024  # uncompressed estimate; the signed payload stays <= 128 KiB
+
+    def __post_init__(self) -> None:
+        if not 0.01 <= self.max_interval_s <= 3600:
+            raise ConfigError(f"max_interval_s {self.max_interval_s} must be 0.01..3600")
+        if self.max_samples < 1:
+            raise ConfigError(f"max_samples {self.max_samples} must be >= 1")
+        if not 1024 <= self.max_bytes <= MAX_BATCH_BYTES:
+            raise ConfigError(
+                f"max_bytes {self.max_bytes} must be 1024..{MAX_BATCH_BYTES} "
+                "(the signed envelope must fit AWS IoT Core's 128 KiB)"
+            )
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """What the batcher has done so far."""
+
+    samples: int = 0
+    batches: int = 0
+    events: int = 0
+    split: int = 0  # batches that compressed too poorly and were cut in two
+
+
+class Batcher:
+    """Collects samples column by column and hands each closed batch to ``seal``.
+
+    ``add`` is called from every bus's ingest thread; ``tick`` from a timer. ``seal`` gets the
+    kind, encoding and body of each batch (the outbox signs and stores it).
+    """
+
+    def __init__(
+        self,
+        config: BatchConfig,
+        seal: Seal,
+        policy_hash: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.stats = BatchStats()
+        self._seal = seal
+        self._policy = policy_hash
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._series: dict[str, tuple[list[int], list[body.Scalar]]] = {}
+        self._count = 0
+        self._bytes = 0
+        self._opened = 0.0
+
+    def add(self, sample: Sample) -> None:
+        """Append one sample; closes the batch when it is full."""
+        t, key, value = sample
+        with self._lock:
+            column = self._series.get(key)
+            if column is None:
+                if not self._series:
+                    self._opened = self._clock()
+                column = self._series[key] = ([], [])
+                self._bytes += len(key) + _NEW_SERIES_BYTES
+            column[0].append(int(t * 1000))
+            column[1].append(value)
+            self._count += 1
+            self._bytes += _SAMPLE_BYTES
+            if self._count >= self.config.max_samples or self._bytes >= self.config.max_bytes:
+                self._close()
+
+    def add_events(self, events: list[Mapping[str, Any]]) -> None:
+        """Seal events at once, in their own envelope: they never wait behind telemetry."""
+        encoding, data = body.encode(body.events_content(events))
+        self._seal("events", encoding, data)
+        self.stats.events += len(events)
+
+    def tick(self) -> None:
+        """Close the open batch if it is older than ``max_interval_s``."""
+        with self._lock:
+            if self._series and self._clock() - self._opened >= self.config.max_interval_s:
+                self._close()
+
+    def flush(self) -> None:
+        """Close the open batch now (shutdown)."""
+        with self._lock:
+            if self._series:
+                self._close()
+
+    def _close(self) -> None:
+        series, self._series = self._series, {}
+        self.stats.samples += self._count
+        self._count = self._bytes = 0
+        self._emit(series)
+
+    def _emit(self, series: dict[str, tuple[list[int], list[body.Scalar]]]) -> None:
+        encoding, data = body.encode(body.telemetry_content(self._policy, series))
+        if len(data) > MAX_BATCH_BYTES and (
+            len(series) > 1 or len(next(iter(series.values()))[0]) > 1
+        ):
+            self.stats.split += 1
+            for half in _halves(series):
+                self._emit(half)
+            return
+        self._seal("telemetry", encoding, data)
+        self.stats.batches += 1
+
+
+def _halves(
+    series: dict[str, tuple[list[int], list[body.Scalar]]],
+) -> tuple[dict[str, tuple[list[int], list[body.Scalar]]], ...]:
+    """Cut a batch in two: by signals when there are several, else one signal's samples."""
+    keys = list(series)
+    if len(keys) > 1:
+        mid = len(keys) // 2
+        return {k: series[k] for k in keys[:mid]}, {k: series[k] for k in keys[mid:]}
+    key = keys[0]
+    times, values = series[key]
+    mid = len(times) // 2
+    return {key: (times[:mid], values[:mid])}, {key: (times[mid:], values[mid:])}

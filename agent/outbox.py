@@ -1,0 +1,453 @@
+"""The durable SQLite outbox: every envelope is signed and committed here before it is sent.
+
+A row leaves only when the broker acknowledged it (PUBACK < 0x80) or refused it (then it moves
+to ``rejected``). The next sequence number is written in the same transaction as the row, so it
+never goes back or repeats after a crash. When the outbox reaches ``max_bytes`` or the disk is
+full, the oldest telemetry is evicted first and events last; every eviction is counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from wire.envelope import Encoding, Envelope, sign
+from wire.errors import ConfigError, OversizeError, StoreError
+from wire.topics import Kind
+
+log = logging.getLogger(__name__)
+
+Sync = Literal["full", "normal"]
+WAL_PAGES = 256
+EVICTION_WARNING_S = 60.0
+# Kept free on the disk so that the WAL can always take the writes that evict and checkpoint.
+DISK_RESERVE_BYTES = 4 * WAL_PAGES * 4096
+PRIORITY: dict[str, int] = {"events": 0, "telemetry": 1}
+_FULL_ERRORS = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY,
+    priority INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    payload BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, seq);
+CREATE TABLE IF NOT EXISTS rejected (
+    seq INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    rejected_ms INTEGER NOT NULL,
+    code INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    payload BLOB NOT NULL
+);
+"""
+COUNTERS = (
+    "next_seq", "acked", "last_ack_ms", "evicted", "evicted_bytes", "evicted_events",
+    "rejected", "dropped", "disk_full",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxConfig:
+    """Where the outbox lives and how much it may hold."""
+
+    path: Path = Path("canvoy-outbox.sqlite")
+    sync: Sync = "full"
+    max_bytes: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1024 * 1024:
+            raise ConfigError(f"max_bytes {self.max_bytes} is below the 1 MiB minimum")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One stored envelope waiting for its acknowledgement."""
+
+    seq: int
+    kind: Kind
+    payload: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxStatus:
+    """What ``canvoy agent status`` shows."""
+
+    depth: int
+    bytes: int
+    events: int
+    oldest_ms: int | None
+    rejected: int
+    counters: dict[str, int]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _connect(path: Path, sync: Sync, page_limit: int | None) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute(f"PRAGMA synchronous={sync.upper()}")
+    # A small WAL: on a full disk there is then little left in it to checkpoint.
+    db.execute(f"PRAGMA wal_autocheckpoint={WAL_PAGES}")
+    db.execute(f"PRAGMA journal_size_limit={WAL_PAGES * 4096}")
+    if page_limit is not None:
+        db.execute(f"PRAGMA max_page_count={int(page_limit)}")
+    check = db.execute("PRAGMA quick_check").fetchone()
+    if check is None or check[0] != "ok":
+        raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'no answer'}")
+    db.executescript(_SCHEMA)
+    db.executemany(
+        "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
+        [(n, 1 if n == "next_seq" else 0) for n in COUNTERS],
+    )
+    return db
+
+
+def _move_aside(path: Path, exc: Exception) -> Path:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = path.with_name(f"{path.name}.corrupt-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        part = Path(f"{path}{suffix}")
+        if part.exists():
+            part.rename(Path(f"{target}{suffix}"))
+    log.error(
+        "outbox %s is corrupt (%s): moved it to %s and started a new one; "
+        "sequence numbers start again under the new boot id",
+        path, exc, target,
+    )  # fmt: skip
+    return target
+
+
+class Outbox:
+    """Signed envelopes of one device, stored until acknowledged. Thread-safe."""
+
+    def __init__(
+        self,
+        config: OutboxConfig,
+        *,
+        device: str,
+        boot: bytes,
+        key: ec.EllipticCurvePrivateKey,
+        page_limit: int | None = None,
+    ) -> None:
+        """Open (or create) the outbox; a corrupt file is moved aside and replaced.
+
+        ``page_limit`` caps the database's pages, which SQLite reports exactly like a full disk.
+
+        Raises:
+            StoreError: the outbox cannot be created at all (directory missing, no permission).
+        """
+        self.config = config
+        self.device = device
+        self.boot = boot
+        self._key = key
+        self._lock = threading.Lock()
+        self._warned_at = -EVICTION_WARNING_S
+        self._evicted_since_warning = 0
+        self.moved_aside: Path | None = None
+        path = config.path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._db = _connect(path, config.sync, page_limit)
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.OperationalError) and "unable to open" in str(exc):
+                    raise
+                self.moved_aside = _move_aside(path, exc)
+                self._db = _connect(path, config.sync, page_limit)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(
+                f"cannot open outbox {str(path)!r}: {exc}; check the directory exists and is "
+                "writable (outbox.path in the agent config)"
+            ) from exc
+        self._bytes = int(
+            self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0]
+        )
+        self.listeners: list[threading.Event] = []
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def seal(self, kind: Kind, encoding: Encoding, data: bytes) -> int | None:
+        """Sign ``data`` as the next envelope and commit it; return its sequence number.
+
+        Never raises for a full outbox or disk: the oldest telemetry is evicted to make room,
+        and a batch that still does not fit is counted as dropped and logged (None).
+        """
+        with self._lock:
+            for attempt in range(8):
+                try:
+                    seq = self._insert(kind, encoding, data)
+                except OversizeError as exc:
+                    log.error("batch dropped: %s", exc)
+                    self._bump("dropped")
+                    return None
+                except sqlite3.OperationalError as exc:
+                    self._rollback()
+                    if getattr(exc, "sqlite_errorcode", None) not in _FULL_ERRORS:
+                        log.error("outbox write failed (%s): batch dropped", exc)
+                        self._bump("dropped")
+                        return None
+                    log.warning("outbox %s: disk full (%s), evicting", self.config.path, exc)
+                    self._bump("disk_full")
+                    if not self._evict_for(len(data) * 2 ** (attempt + 1)):
+                        break
+                else:
+                    for event in self.listeners:
+                        event.set()
+                    return seq
+            log.error(
+                "outbox %s: no room for a %s batch even after evicting; dropped",
+                self.config.path, kind,
+            )  # fmt: skip
+            self._bump("dropped")
+            return None
+
+    def _insert(self, kind: Kind, encoding: Encoding, data: bytes) -> int:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        seq = int(db.execute("SELECT value FROM meta WHERE name = 'next_seq'").fetchone()[0])
+        created = _now_ms()
+        envelope = Envelope(
+            device=self.device, boot=self.boot, seq=seq, kind=kind,
+            created_ms=created, encoding=encoding, body=data,
+        )  # fmt: skip
+        payload = sign(envelope, self._key)
+        over_cap = self._bytes + len(payload) - self.config.max_bytes
+        over_disk = len(payload) + DISK_RESERVE_BYTES - self._room()
+        if over_disk > 0:
+            db.execute("UPDATE meta SET value = value + 1 WHERE name = 'disk_full'")
+        if max(over_cap, over_disk) > 0:
+            self._evict(max(over_cap, over_disk))
+        db.execute(
+            "INSERT INTO outbox (seq, priority, kind, created_ms, size, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (seq, PRIORITY.get(kind, 0), kind, created, len(payload), payload),
+        )
+        db.execute("UPDATE meta SET value = ? WHERE name = 'next_seq'", (seq + 1,))
+        db.execute("COMMIT")
+        self._bytes += len(payload)
+        return seq
+
+    def _room(self) -> int:
+        """Bytes the database can still grow into: free disk space plus its own free pages."""
+        try:
+            fs = os.statvfs(self.config.path.parent)
+        except OSError:
+            return 1 << 62
+        pages, size = (
+            self._db.execute("PRAGMA freelist_count").fetchone()[0],
+            self._db.execute("PRAGMA page_size").fetchone()[0],
+        )
+        return int(fs.f_bavail * fs.f_frsize + pages * size)
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.debug("rollback: %s", exc)
+        self._bytes = int(
+            self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0]
+        )
+
+    def _evict(self, need: int) -> int:
+        """Delete oldest telemetry, then oldest events, until ``need`` bytes are free."""
+        db = self._db
+        freed = 0
+        for priority in (PRIORITY["telemetry"], PRIORITY["events"]):
+            rows = db.execute(
+                "SELECT seq, size FROM outbox WHERE priority = ? ORDER BY seq", (priority,)
+            )
+            doomed = []
+            for seq, size in rows:
+                if freed >= need:
+                    break
+                doomed.append((seq,))
+                freed += size
+            if doomed:
+                db.executemany("DELETE FROM outbox WHERE seq = ?", doomed)
+                n = len(doomed)
+                db.execute("UPDATE meta SET value = value + ? WHERE name = 'evicted'", (n,))
+                db.execute(
+                    "UPDATE meta SET value = value + ? WHERE name = 'evicted_bytes'", (freed,)
+                )
+                if priority == PRIORITY["events"]:
+                    db.execute(
+                        "UPDATE meta SET value = value + ? WHERE name = 'evicted_events'", (n,)
+                    )
+                self._note_eviction(n, priority, freed)
+            if freed >= need:
+                break
+        self._bytes -= freed
+        return freed
+
+    def _note_eviction(self, n: int, priority: int, freed: int) -> None:
+        """Warn about evictions: the first at once, then a summary at most once a minute."""
+        self._evicted_since_warning += n
+        now = time.monotonic()
+        if priority == PRIORITY["events"] or now - self._warned_at >= EVICTION_WARNING_S:
+            log.warning(
+                "outbox %s full (max_bytes or disk): evicted %d oldest %s envelope(s) "
+                "(%d bytes just now); 'canvoy agent status' shows the totals",
+                self.config.path, self._evicted_since_warning,
+                "event" if priority == PRIORITY["events"] else "telemetry", freed,
+            )  # fmt: skip
+            self._evicted_since_warning = 0
+            self._warned_at = now
+
+    def _evict_for(self, need: int) -> bool:
+        """Free space after a full disk in its own transaction; False when nothing is left.
+
+        The WAL is checkpointed and truncated first and after: on a full disk the WAL itself
+        is often what filled it, and deleted pages are only reusable once checkpointed.
+        """
+        self._checkpoint()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            freed = self._evict(need)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            log.error("outbox %s: cannot evict on a full disk: %s", self.config.path, exc)
+            return False
+        self._checkpoint()
+        return freed > 0
+
+    def _checkpoint(self) -> None:
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as exc:
+            log.debug("checkpoint on a full disk: %s", exc)
+
+    def _bump(self, name: str, by: int = 1) -> None:
+        try:
+            self._db.execute("UPDATE meta SET value = value + ? WHERE name = ?", (by, name))
+        except sqlite3.Error as exc:  # a counter must never take the agent down
+            log.debug("counter %s not updated: %s", name, exc)
+
+    # -- publishing side -------------------------------------------------------------------
+
+    def pending(self, limit: int, skip: Iterable[int] = ()) -> list[Row]:
+        """Up to ``limit`` rows to send next: events first, then oldest first."""
+        skipped = set(skip)
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, kind, payload FROM outbox ORDER BY priority, seq LIMIT ?",
+                (limit + len(skipped),),
+            ).fetchall()
+        return [Row(s, k, p) for s, k, p in rows if s not in skipped][:limit]
+
+    def acknowledge(self, seqs: list[int]) -> None:
+        """Delete rows the broker acknowledged, in one transaction."""
+        if not seqs:
+            return
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                sizes = db.execute(
+                    f"SELECT COALESCE(SUM(size), 0) FROM outbox WHERE seq IN "
+                    f"({','.join('?' * len(seqs))})",
+                    seqs,
+                ).fetchone()[0]
+                db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+                db.execute("UPDATE meta SET value = value + ? WHERE name = 'acked'", (len(seqs),))
+                db.execute("UPDATE meta SET value = ? WHERE name = 'last_ack_ms'", (_now_ms(),))
+                db.execute("COMMIT")
+                self._bytes -= int(sizes)
+            except sqlite3.Error as exc:
+                # The rows stay and are sent again: a duplicate, never a loss.
+                self._rollback()
+                log.error("outbox: cannot record %d acknowledgement(s): %s", len(seqs), exc)
+
+    def reject(self, seq: int, code: int, reason: str) -> None:
+        """Move a row the broker refused to ``rejected`` with the reason."""
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute(
+                    "INSERT OR REPLACE INTO rejected "
+                    "(seq, kind, created_ms, rejected_ms, code, reason, payload) "
+                    "SELECT seq, kind, created_ms, ?, ?, ?, payload FROM outbox WHERE seq = ?",
+                    (_now_ms(), code, reason, seq),
+                )
+                size = db.execute("SELECT size FROM outbox WHERE seq = ?", (seq,)).fetchone()
+                db.execute("DELETE FROM outbox WHERE seq = ?", (seq,))
+                db.execute("UPDATE meta SET value = value + 1 WHERE name = 'rejected'")
+                db.execute("COMMIT")
+                self._bytes -= int(size[0]) if size else 0
+            except sqlite3.Error as exc:
+                self._rollback()
+                log.error("outbox: cannot move envelope %d to rejected: %s", seq, exc)
+                return
+        log.error(
+            "broker refused envelope %d (reason 0x%02X %s): kept in 'rejected'", seq, code, reason
+        )
+
+    def depth(self) -> int:
+        """Rows waiting to be sent."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def status(self) -> OutboxStatus:
+        """Depth, bytes, age and counters."""
+        with self._lock:
+            return read_status(self._db)
+
+    def close(self) -> None:
+        """Checkpoint and close the database."""
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                log.debug("checkpoint at close: %s", exc)
+            self._db.close()
+
+
+def read_status(db: sqlite3.Connection) -> OutboxStatus:
+    """Read the status of an outbox through any connection (the agent's or a read-only one)."""
+    depth, size, oldest = db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_ms) FROM outbox"
+    ).fetchone()
+    events = db.execute("SELECT COUNT(*) FROM outbox WHERE priority = 0").fetchone()[0]
+    rejected = db.execute("SELECT COUNT(*) FROM rejected").fetchone()[0]
+    counters = dict(db.execute("SELECT name, value FROM meta").fetchall())
+    return OutboxStatus(
+        depth=int(depth), bytes=int(size), events=int(events), oldest_ms=oldest,
+        rejected=int(rejected), counters={k: int(v) for k, v in counters.items()},
+    )  # fmt: skip
+
+
+def open_status(path: Path) -> OutboxStatus:
+    """Status of the outbox at ``path`` without writing to it (safe while the agent runs).
+
+    Raises:
+        StoreError: there is no outbox at ``path`` or it cannot be read.
+    """
+    if not path.exists():
+        raise StoreError(f"no outbox at {str(path)!r}: has the agent run with this config yet?")
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            return read_status(db)
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read outbox {str(path)!r}: {exc}") from exc

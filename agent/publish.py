@@ -1,0 +1,310 @@
+"""Send the outbox to the broker: QoS 1, a bounded window, rate limits, reconnect with back-off.
+
+The publisher never holds data of its own. It reads rows from the outbox, publishes them, and
+deletes a row only when its PUBACK carries a reason code < 0x80 (or moves it to ``rejected``
+when the broker refuses it). When the connection drops, rows still in flight simply stay in
+the outbox and are sent again, with identical bytes, on the next connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
+
+from agent.outbox import Outbox, Row
+from transport.mqtt import Connection, Will
+from wire.errors import (
+    ConfigError,
+    ConnectionLostError,
+    ConnectRefusedError,
+    PublishRefusedError,
+    TransportError,
+)
+from wire.topics import topic
+
+log = logging.getLogger(__name__)
+
+AWS_MAX_PUBLISHES_PER_S = 100
+AWS_MAX_BYTES_PER_S = 512 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MqttConfig:
+    """How the agent reaches its broker."""
+
+    host: str = "localhost"
+    port: int = 8883
+    keepalive_s: int = 30
+    connect_timeout_s: float = 10.0
+    max_inflight: int = 20
+    max_publishes_per_s: float = AWS_MAX_PUBLISHES_PER_S
+    max_bytes_per_s: int = AWS_MAX_BYTES_PER_S
+    reconnect_min_s: float = 1.0
+    reconnect_max_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is not 1..65535")
+        if not 1 <= self.max_inflight <= 20:
+            raise ConfigError(f"max_inflight {self.max_inflight} must be 1..20")
+        if not 0 < self.max_publishes_per_s <= AWS_MAX_PUBLISHES_PER_S:
+            raise ConfigError(f"max_publishes_per_s must be in (0, {AWS_MAX_PUBLISHES_PER_S}]")
+        if not 128 * 1024 <= self.max_bytes_per_s <= AWS_MAX_BYTES_PER_S:
+            raise ConfigError(
+                f"max_bytes_per_s must be {128 * 1024}..{AWS_MAX_BYTES_PER_S} "
+                "(one envelope may be 128 KiB)"
+            )
+        if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
+            raise ConfigError("reconnect_min_s must be > 0 and <= reconnect_max_s")
+
+
+class RateLimit:
+    """Token buckets for publishes and bytes per second, each holding one second's worth."""
+
+    def __init__(self, per_s: float, bytes_per_s: float, clock: Callable[[], float]) -> None:
+        self._rates = (per_s, bytes_per_s)
+        self._tokens = [per_s, bytes_per_s]
+        self._clock = clock
+        self._last = clock()
+
+    def wait_s(self, size: int) -> float:
+        """Seconds until one publish of ``size`` bytes is allowed (0: now)."""
+        now = self._clock()
+        elapsed, self._last = now - self._last, now
+        for i, rate in enumerate(self._rates):
+            self._tokens[i] = min(rate, self._tokens[i] + elapsed * rate)
+        need = (1.0, float(size))
+        return max(0.0, *((need[i] - self._tokens[i]) / self._rates[i] for i in range(2)))
+
+    def take(self, size: int) -> None:
+        """Spend the tokens of one publish."""
+        self._tokens[0] -= 1
+        self._tokens[1] -= size
+
+
+@dataclass(slots=True)
+class PublishStats:
+    """Counters for status and logs."""
+
+    connects: int = 0
+    published: int = 0
+    acked: int = 0
+    bytes_acked: int = 0
+    refused: int = 0
+    lost_connections: int = 0
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The device id and what it connects with."""
+
+    device: str
+    tls: ssl.SSLContext
+
+
+class Publisher:
+    """One thread that keeps a connection up and drains the outbox through it."""
+
+    def __init__(
+        self,
+        config: MqttConfig,
+        identity: Identity,
+        outbox: Outbox,
+        *,
+        birth: Callable[[], bytes],
+        will: Callable[[], bytes],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``birth`` and ``will`` make the signed online and offline status payloads."""
+        self.config = config
+        self.identity = identity
+        self.outbox = outbox
+        self.stats = PublishStats()
+        self._birth = birth
+        self._will = will
+        self._clock = clock
+        self._stop = threading.Event()
+        self._draining = threading.Event()
+        self._wake = threading.Event()
+        outbox.listeners.append(self._wake)
+        self._conn: Connection | None = None
+        self._inflight: dict[int, tuple[Row, Future[None]]] = {}
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self._rate = RateLimit(config.max_publishes_per_s, config.max_bytes_per_s, clock)
+
+    def start(self) -> None:
+        """Start connecting and publishing."""
+        self._thread.start()
+
+    @property
+    def connected(self) -> bool:
+        """True while a connection is up."""
+        return self._conn is not None and self._conn.connected
+
+    def drain(self, timeout_s: float) -> bool:
+        """Wait until the outbox is empty and nothing is in flight; True if it got there."""
+        deadline = self._clock() + timeout_s
+        self._wake.set()
+        while self._clock() < deadline:
+            if not self._inflight and self.outbox.depth() == 0:
+                return True
+            time.sleep(0.05)
+        return not self._inflight and self.outbox.depth() == 0
+
+    def stop(self, goodbye: bytes | None = None, timeout_s: float = 5.0) -> None:
+        """Stop; say goodbye with ``goodbye`` (a retained offline status) if connected."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout_s)
+        conn = self._conn
+        if conn is not None and conn.connected:
+            if goodbye is not None:
+                try:
+                    status_topic = topic(self.identity.device, "status")
+                    conn.publish(status_topic, goodbye, retain=True).result(timeout_s)
+                except (TransportError, TimeoutError) as exc:
+                    log.warning("offline status not acknowledged: %s", exc)
+            conn.close()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            conn = self._connect()
+            if conn is None:
+                return
+            try:
+                self._pump(conn)
+            except ConnectionLostError as exc:
+                log.warning("connection to %s lost: %s", self.config.host, exc)
+            except Exception as exc:  # the service loop logs and carries on
+                log.exception("publisher: unexpected error: %s", exc)
+                self.stats.last_error = str(exc)
+            finally:
+                if not self._stop.is_set():
+                    self.stats.lost_connections += 1
+                    self._inflight.clear()
+                    if conn.connected:
+                        conn.close(timeout_s=1)
+
+    def _connect(self) -> Connection | None:
+        c = self.config
+
+        def note(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            wait = state.next_action.sleep if state.next_action else 0
+            self.stats.last_error = str(exc)
+            if isinstance(exc, ConnectRefusedError):
+                # A certificate or authorization problem will not fix itself: say so loudly.
+                log.error("broker refused the connection: %s; retrying in %.0f s", exc, wait)
+            else:
+                log.warning("cannot connect: %s; retrying in %.1f s", exc, wait)
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(TransportError),
+            wait=wait_exponential(multiplier=c.reconnect_min_s, min=c.reconnect_min_s,
+                                  max=c.reconnect_max_s) + wait_random(0, c.reconnect_min_s),
+            sleep=self._sleep,
+            before_sleep=note,
+            reraise=True,
+        )  # fmt: skip
+        try:
+            conn: Connection = retrying(self._connect_once)
+        except _StoppedError:
+            return None
+        return conn
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise _StoppedError
+
+    def _connect_once(self) -> Connection:
+        if self._stop.is_set():
+            raise _StoppedError
+        device = self.identity.device
+        status_topic = topic(device, "status")
+        conn = Connection(
+            client_id=device,
+            tls=self.identity.tls,
+            will=Will(topic=status_topic, payload=self._will()),
+            max_inflight=self.config.max_inflight,
+        )
+        connack = conn.connect(
+            self.config.host, self.config.port,
+            timeout_s=self.config.connect_timeout_s, keepalive_s=self.config.keepalive_s,
+        )  # fmt: skip
+        self._conn = conn
+        self.stats.connects += 1
+        self.stats.last_error = ""
+        self._window = max(1, min(self.config.max_inflight, connack.receive_maximum))
+        conn.publish(status_topic, self._birth(), retain=True)
+        log.info(
+            "connected to %s:%d as %s (window %d)",
+            self.config.host, self.config.port, device, self._window,
+        )  # fmt: skip
+        return conn
+
+    def _pump(self, conn: Connection) -> None:
+        device = self.identity.device
+        topics = {k: topic(device, k) for k in ("telemetry", "events")}
+        while True:
+            self._settle()
+            if self._stop.is_set() or conn.closed.done():
+                if conn.closed.done():
+                    raise ConnectionLostError(conn.closed.result())
+                return
+            room = self._window - len(self._inflight)
+            rows = self.outbox.pending(room, self._inflight) if room > 0 else []
+            for row in rows:
+                wait = self._rate.wait_s(len(row.payload))
+                if wait > 0:
+                    self._stop.wait(wait)
+                    if self._stop.is_set():
+                        return
+                self._rate.take(len(row.payload))
+                fut = conn.publish(topics[row.kind], row.payload)
+                fut.add_done_callback(lambda _f: self._wake.set())
+                self._inflight[row.seq] = (row, fut)
+                self.stats.published += 1
+            self._wake.wait(0.5)
+            self._wake.clear()
+
+    def _settle(self) -> None:
+        """Record finished publishes: acknowledged rows leave, refused ones are rejected."""
+        acked: list[int] = []
+        lost = False
+        for seq, (row, fut) in list(self._inflight.items()):
+            if not fut.done():
+                continue
+            del self._inflight[seq]
+            exc = fut.exception()
+            if exc is None:
+                acked.append(seq)
+                self.stats.acked += 1
+                self.stats.bytes_acked += len(row.payload)
+            elif isinstance(exc, PublishRefusedError):
+                self.stats.refused += 1
+                self.outbox.reject(seq, exc.reason_code, str(exc))
+            else:
+                lost = True  # stays in the outbox, sent again after reconnecting
+        self.outbox.acknowledge(acked)
+        if lost:
+            raise ConnectionLostError("publishes failed with the connection")
+
+
+class _StoppedError(Exception):
+    """Raised inside the retry loop when the agent is stopping."""

@@ -1,0 +1,157 @@
+"""The running agent: ingest -> batcher -> outbox -> publisher, and an orderly shutdown."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from agent.batch import Batcher
+from agent.config import AgentConfig, load_device_key
+from agent.ingest import Ingest
+from agent.outbox import Outbox
+from agent.policy import load_policy
+from agent.publish import Identity, Publisher
+from canvoy import __version__
+from wire import body
+from wire.envelope import Envelope, sign
+from wire.tls import client_context
+
+log = logging.getLogger(__name__)
+
+TICK_S = 0.05
+STATUS_EVERY_S = 1.0
+
+
+def status_path(outbox: Path) -> Path:
+    """Where the running agent writes its live status (next to the outbox)."""
+    return outbox.with_name(outbox.name + ".status.json")
+
+
+class Agent:
+    """One device's agent. ``run`` blocks until ``stop`` (SIGTERM) or, if asked, until every
+    replayed log has ended and the outbox is empty."""
+
+    def __init__(self, config: AgentConfig, *, page_limit: int | None = None) -> None:
+        """Build every part from ``config``; nothing is started yet.
+
+        Raises:
+            ConfigError: a key, certificate, database or policy is unusable.
+            StoreError: the outbox cannot be opened.
+        """
+        self.config = config
+        self.boot = os.urandom(16)
+        self.key, self.cert_pem = load_device_key(config)
+        self.policy = load_policy(config.policy)
+        self.outbox = Outbox(
+            config.outbox, device=config.device, boot=self.boot, key=self.key,
+            page_limit=page_limit,
+        )  # fmt: skip
+        self.batcher = Batcher(config.batch, self.outbox.seal, self.policy.hash)
+        self.ingest = Ingest(config.buses, self.policy, self.batcher.add)
+        tls = client_context(ca=config.tls.ca, cert=config.tls.cert, key=config.tls.key)
+        self.publisher = Publisher(
+            config.mqtt, Identity(config.device, tls), self.outbox,
+            birth=lambda: self._status("online"), will=lambda: self._status("offline"),
+        )  # fmt: skip
+        self._stop = threading.Event()
+        self.started = time.time()
+        self.state = "starting"
+
+    def _status(self, state: body.State) -> bytes:
+        content = body.status_content(
+            body.Status(
+                state=state, agent=__version__, policy=self.policy.hash,
+                cert_pem=self.cert_pem, outbox_depth=self.outbox.depth(),
+            )
+        )  # fmt: skip
+        encoding, data = body.encode(content)
+        # Status is outside the sequence (seq 0): receivers keep the newest by created_ms.
+        envelope = Envelope(
+            device=self.config.device, boot=self.boot, seq=0, kind="status",
+            created_ms=int(time.time() * 1000), encoding=encoding, body=data,
+        )  # fmt: skip
+        return sign(envelope, self.key)
+
+    def stop(self) -> None:
+        """Ask ``run`` to shut down (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(
+        self, *, exit_when_done: bool = False, on_tick: Callable[[], None] | None = None
+    ) -> int:
+        """Run until stopped; return the exit code (0 after an orderly shutdown)."""
+        self.publisher.start()
+        self.ingest.start()
+        self.state = "running"
+        next_status = 0.0
+        try:
+            while not self._stop.wait(TICK_S):
+                self.batcher.tick()
+                now = time.monotonic()
+                if now >= next_status:
+                    self.write_status()
+                    next_status = now + STATUS_EVERY_S
+                if on_tick is not None:
+                    on_tick()
+                if exit_when_done and self.ingest.replays_done():
+                    break
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        """Stop ingest, seal the open batch, wait for acknowledgements, say goodbye."""
+        timeout = self.config.shutdown_timeout_s
+        self.ingest.stop()
+        self.batcher.flush()
+        drained = self.publisher.drain(timeout)
+        if not drained:
+            log.warning(
+                "shutdown: %d envelope(s) not acknowledged within %s s; they stay in the outbox",
+                self.outbox.depth(), timeout,
+            )  # fmt: skip
+        self.publisher.stop(goodbye=self._status("offline"))
+        self.state = "stopped"
+        self.write_status()
+        self.outbox.close()
+
+    def snapshot(self) -> dict[str, Any]:
+        """Live figures of every part, for the status file and the demo."""
+        channels = {}
+        for ch in self.ingest.channels:
+            s = ch.collector.stats
+            channels[ch.config.name] = {
+                "frames": s.frames, "decoded": s.decoded, "repeated": s.repeated,
+                "unknown": s.unknown_frames, "malformed": s.malformed,
+                "error_frames": s.error_frames, "bus_errors": ch.collector.bus_errors,
+                "replay_bad_lines": ch.replay.bad_lines if ch.replay else 0,
+            }  # fmt: skip
+        return {
+            "device": self.config.device,
+            "boot": self.boot.hex(),
+            "pid": os.getpid(),
+            "updated_ms": int(time.time() * 1000),
+            "started_ms": int(self.started * 1000),
+            "state": self.state,
+            "connected": self.publisher.connected,
+            "buses": channels,
+            "batches": asdict(self.batcher.stats),
+            "publisher": asdict(self.publisher.stats),
+        }
+
+    def write_status(self) -> None:
+        """Write the live status file atomically; a failure is logged, never fatal."""
+        path = status_path(self.config.outbox.path)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.snapshot(), indent=1))
+            tmp.replace(path)
+        except OSError as exc:
+            log.debug("status file %s not written: %s", path, exc)

@@ -1,0 +1,236 @@
+"""Envelope bodies of protocol v1: columnar telemetry, events, status and receipts.
+
+Every body is a msgpack map, compressed with zstd when that makes it smaller. Parsing is bounded
+(size, nesting, container lengths) and every field's type is checked, because a bridge reads
+bodies from devices it trusts only as far as their signatures go. See docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgpack
+import zstandard
+
+from wire.envelope import Encoding
+from wire.errors import MalformedError
+
+MAX_BODY_BYTES = 4 * 1024 * 1024  # decompressed; a 128 KiB payload never needs more
+_ZSTD_LEVEL = 3
+_compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+Scalar = int | float | str | bool
+
+
+def encode(content: Mapping[str, Any]) -> tuple[Encoding, bytes]:
+    """msgpack ``content``; zstd-compress it when that is smaller."""
+    raw = bytes(msgpack.packb(content, use_bin_type=True))
+    packed = _compressor.compress(raw)
+    return ("zstd", packed) if len(packed) < len(raw) else ("none", raw)
+
+
+def decode(encoding: str, body: bytes) -> dict[str, Any]:
+    """The body's map, decompressed and parsed with bounds.
+
+    Raises:
+        MalformedError: unknown encoding, a decompression bomb, bad msgpack, or not a map.
+    """
+    if encoding == "zstd":
+        try:
+            body = zstandard.ZstdDecompressor().decompress(body, max_output_size=MAX_BODY_BYTES)
+        except zstandard.ZstdError as exc:
+            raise MalformedError(f"body does not decompress: {exc}") from exc
+        if len(body) > MAX_BODY_BYTES:
+            raise MalformedError(f"body decompresses beyond {MAX_BODY_BYTES} bytes")
+    elif encoding != "none":
+        raise MalformedError(f"body encoding {encoding!r} is unknown")
+    try:
+        content = msgpack.unpackb(
+            body,
+            raw=False,
+            strict_map_key=True,
+            max_ext_len=0,
+            max_str_len=64 * 1024,
+            max_bin_len=MAX_BODY_BYTES,
+            max_array_len=1_000_000,
+            max_map_len=10_000,
+        )
+    except Exception as exc:  # msgpack raises ValueError, ExtraData, StackError, ...
+        raise MalformedError(f"body is not valid msgpack: {exc}") from exc
+    if not isinstance(content, dict):
+        raise MalformedError(f"body must be a msgpack map, not {type(content).__name__}")
+    return content
+
+
+def _get(content: Mapping[str, Any], name: str, want: type | tuple[type, ...]) -> Any:
+    value = content.get(name)
+    if not isinstance(value, want) or (isinstance(value, bool) and want is int):
+        raise MalformedError(f"body field {name!r} is missing or of the wrong type")
+    return value
+
+
+# -- telemetry --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """The samples of one signal in a batch: times in Unix ms, and values."""
+
+    key: str
+    times_ms: tuple[int, ...]
+    values: tuple[Scalar, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Telemetry:
+    """A telemetry batch: the policy it was collected under and one series per signal."""
+
+    policy: str
+    series: tuple[Series, ...] = field(default_factory=tuple)
+
+    @property
+    def samples(self) -> int:
+        """How many values the batch holds."""
+        return sum(len(s.values) for s in self.series)
+
+
+def telemetry_content(
+    policy: str, series: Mapping[str, tuple[list[int], list[Scalar]]]
+) -> dict[str, Any]:
+    """The columnar map for ``series`` (key -> times in ms, values); times become deltas.
+
+    ``t0`` is the earliest time; each signal's first time is relative to ``t0`` and every
+    later one to the signal's previous sample, so regular cycles compress to runs.
+    """
+    t0 = min((times[0] for times, _v in series.values() if times), default=0)
+    columns = []
+    for key, (times, values) in series.items():
+        deltas, last = [], t0
+        for t in times:
+            deltas.append(t - last)
+            last = t
+        columns.append([key, deltas, values])
+    return {"policy": policy, "t0": t0, "series": columns}
+
+
+def parse_telemetry(content: Mapping[str, Any]) -> Telemetry:
+    """Check and expand a telemetry body.
+
+    Raises:
+        MalformedError: a field is missing, of the wrong type, or columns differ in length.
+    """
+    policy = _get(content, "policy", str)
+    t0 = _get(content, "t0", int)
+    out = []
+    for column in _get(content, "series", list):
+        if not (isinstance(column, list) and len(column) == 3):
+            raise MalformedError("a telemetry series must be [key, deltas, values]")
+        key, deltas, values = column
+        if not (isinstance(key, str) and isinstance(deltas, list) and isinstance(values, list)):
+            raise MalformedError("a telemetry series must be [str, array, array]")
+        if len(deltas) != len(values):
+            raise MalformedError(f"series {key!r}: {len(deltas)} times but {len(values)} values")
+        times, last = [], t0
+        for d in deltas:
+            if type(d) is not int:
+                raise MalformedError(f"series {key!r}: a time delta is not an integer")
+            last += d
+            times.append(last)
+        for v in values:
+            if not isinstance(v, int | float | str):
+                raise MalformedError(f"series {key!r}: a value is {type(v).__name__}")
+        out.append(Series(key, tuple(times), tuple(values)))
+    return Telemetry(policy=policy, series=tuple(out))
+
+
+# -- events -----------------------------------------------------------------------------------
+
+EVENT_TYPES = ("dtc", "trigger", "agent")
+
+
+def events_content(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The map for an events envelope."""
+    return {"events": list(events)}
+
+
+def parse_events(content: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Check an events body: a list of maps, each with ``type`` and ``t_ms``.
+
+    Raises:
+        MalformedError: the list or an event is malformed.
+    """
+    events = _get(content, "events", list)
+    for i, event in enumerate(events):
+        if not isinstance(event, dict):
+            raise MalformedError(f"event {i} is not a map")
+        if event.get("type") not in EVENT_TYPES:
+            raise MalformedError(f"event {i} has unknown type {event.get('type')!r}")
+        if type(event.get("t_ms")) is not int:
+            raise MalformedError(f"event {i} has no integer t_ms")
+    return list(events)
+
+
+# -- status -----------------------------------------------------------------------------------
+
+State = Literal["online", "offline"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status:
+    """A device's birth (online) or last will / goodbye (offline) message."""
+
+    state: State
+    agent: str
+    policy: str
+    cert_pem: str
+    outbox_depth: int = 0
+
+
+def status_content(status: Status) -> dict[str, Any]:
+    """The map for a status envelope."""
+    return {
+        "state": status.state,
+        "agent": status.agent,
+        "policy": status.policy,
+        "cert": status.cert_pem,
+        "outbox": status.outbox_depth,
+    }
+
+
+def parse_status(content: Mapping[str, Any]) -> Status:
+    """Check a status body.
+
+    Raises:
+        MalformedError: a field is missing or of the wrong type.
+    """
+    state = _get(content, "state", str)
+    if state not in ("online", "offline"):
+        raise MalformedError(f"status state {state!r} is neither online nor offline")
+    return Status(
+        state=state,
+        agent=_get(content, "agent", str),
+        policy=_get(content, "policy", str),
+        cert_pem=_get(content, "cert", str),
+        outbox_depth=_get(content, "outbox", int),
+    )
+
+
+# -- receipts ---------------------------------------------------------------------------------
+
+
+def receipts_content(keys: Sequence[str], delivered_ms: int) -> dict[str, Any]:
+    """The map for a receipt: the idempotency keys of events durably forwarded."""
+    return {"keys": list(keys), "delivered_ms": delivered_ms}
+
+
+def parse_receipts(content: Mapping[str, Any]) -> tuple[list[str], int]:
+    """Check a receipt body; return (keys, delivered_ms).
+
+    Raises:
+        MalformedError: a field is missing or of the wrong type.
+    """
+    keys = _get(content, "keys", list)
+    if not all(isinstance(k, str) for k in keys):
+        raise MalformedError("receipt keys must be strings")
+    return keys, _get(content, "delivered_ms", int)
