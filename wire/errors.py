@@ -15,6 +15,9 @@
      |    +-- UnsupportedVersionError        a protocol version this code does not speak
      |    +-- SignatureError                 the signature does not verify
      |    +-- IdentityMismatchError          topic, envelope and certificate disagree
+     |    +-- UnknownDeviceError             no trusted certificate (unknown or revoked)
+     |    +-- ReplayError                    a sequence number far behind the replay window
+     |    +-- DuplicateError                 an exact redelivery (counted, not an error)
      +-- DecodeError                         a CAN database or log cannot be used
      +-- StoreError                          the local outbox cannot be used
 
@@ -102,6 +105,26 @@ class IdentityMismatchError(EnvelopeError):
     """The topic, the envelope and the certificate name different devices."""
 
     reason = "identity_mismatch"
+
+
+class UnknownDeviceError(EnvelopeError):
+    """No trusted certificate for the device: never seen, not from the fleet CA, or revoked."""
+
+    def __init__(self, message: str, reason: str = "unknown_device") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class ReplayError(EnvelopeError):
+    """A sequence number far behind the device's replay window."""
+
+    reason = "replay"
+
+
+class DuplicateError(EnvelopeError):
+    """An envelope already seen (a QoS 1 redelivery): dropped and counted, not quarantined."""
+
+    reason = "duplicate"
 
 
 class DecodeError(CanvoyError):

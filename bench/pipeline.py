@@ -1,0 +1,338 @@
+"""End to end: a 1,000,000-frame log through agent -> Mosquitto (mutual TLS) -> a verifier,
+against a naive script that publishes one JSON message per decoded frame at QoS 1.
+
+Run: python bench/pipeline.py [--frames N] [--skip-baseline]. Prints, for both pipelines,
+frames/s from the first frame read to the last message received, bytes on the wire per signal
+sample, and the publisher's peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import can
+import paho.mqtt.client as paho
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509 import load_pem_x509_certificate
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.outbox import open_status
+from bench.realdbc import CACHE, load, make_log, opendbc_file
+from broker.config import BrokerSettings
+from broker.process import Broker
+from certs import pki
+from wire import body
+from wire.envelope import unpack, verify
+from wire.tls import client_context
+
+REPO = Path(__file__).resolve().parents[1]
+AGENT, NAIVE, SUBSCRIBER = "bench-agent", "bench-naive", "bench-sub"
+TLS_RECORD_BYTES = 22  # TLS 1.3 AES-GCM: 5 header + 1 content type + 16 tag
+PUBACK_BYTES = 4
+MAX_QUEUED = 10_000
+
+
+def wire_bytes(topic: str, payload: int) -> int:
+    """Bytes one QoS 1 PUBLISH and its PUBACK put on the wire, TLS records included."""
+    remaining = 2 + len(topic.encode()) + 2 + 1 + payload  # topic, packet id, no properties
+    length_bytes = 1 if remaining < 128 else 2 if remaining < 16384 else 3
+    return 1 + length_bytes + remaining + PUBACK_BYTES + 2 * TLS_RECORD_BYTES
+
+
+def _tls(certs: Path, kind: pki.IdentityKind, name: str) -> ssl.SSLContext:
+    folder = pki.identity_dir(certs, kind, name)
+    return client_context(
+        ca=pki.ca_cert_path(certs), cert=folder / "cert.pem", key=folder / "key.pem"
+    )
+
+
+def _client(certs: Path, kind: pki.IdentityKind, name: str) -> paho.Client:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=paho.MQTTv5)
+    client.tls_set_context(_tls(certs, kind, name))
+    return client
+
+
+# -- the subscriber process -------------------------------------------------------------------
+
+
+def subscribe(certs: Path, port: int, device: str, mode: str, work: Path) -> None:
+    """Count (and for envelopes verify) everything on ``device``'s telemetry topic."""
+    cert = pki.identity_dir(certs, "device", device) / "cert.pem"
+    key = load_pem_x509_certificate(cert.read_bytes()).public_key()
+    assert isinstance(key, ec.EllipticCurvePublicKey)
+    stats = {"messages": 0, "wire_bytes": 0, "samples": 0, "bad": 0, "last": 0.0}
+
+    def on_message(_c: Any, _u: Any, msg: paho.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
+        try:
+            if mode == "envelope":
+                e = verify(unpack(payload), key)
+                stats["samples"] += body.parse_telemetry(body.decode(e.encoding, e.body)).samples
+            else:
+                stats["samples"] += len(json.loads(payload)["signals"])
+        except Exception:
+            stats["bad"] += 1
+        stats["messages"] += 1
+        stats["wire_bytes"] += wire_bytes(msg.topic, len(payload))
+        stats["last"] = time.time()
+
+    client = _client(certs, "operator", SUBSCRIBER)
+    client.on_message = on_message
+    client.on_connect = lambda c, *_a: c.subscribe(f"canvoy/v1/{device}/telemetry", qos=1)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    while stats["messages"] == 0 and not (work / "expected").exists():
+        time.sleep(0.01)
+        (work / "ready").touch()
+    while not (work / "expected").exists():
+        time.sleep(0.05)
+    expected = int((work / "expected").read_text())
+    deadline = time.time() + 600
+    while stats["messages"] < expected and time.time() < deadline:
+        time.sleep(0.02)
+    client.disconnect()
+    client.loop_stop()
+    (work / "result.json").write_text(json.dumps(stats))
+
+
+# -- the naive baseline (its own process, so its RSS is its own) ------------------------------
+
+
+def naive(certs: Path, port: int, log: Path, dbc: Path, work: Path) -> None:
+    """What most CAN-to-MQTT scripts do: decode each frame, publish it as JSON at QoS 1."""
+    db = load(dbc)
+    acked = 0
+
+    def on_publish(*_a: Any) -> None:
+        nonlocal acked
+        acked += 1
+
+    client = _client(certs, "device", NAIVE)
+    client.on_publish = on_publish
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    topic = f"canvoy/v1/{NAIVE}/telemetry"
+    published = samples = 0
+    for msg in can.LogReader(str(log)):
+        try:
+            message = db.get_message_by_frame_id(msg.arbitration_id)
+            signals = message.decode(msg.data, decode_choices=False)  # type: ignore[arg-type]
+        except Exception:
+            continue
+        payload = json.dumps({"t": msg.timestamp, "name": message.name, "signals": signals})
+        client.publish(topic, payload, qos=1)
+        published += 1
+        while published - acked > MAX_QUEUED:  # paho's 16-bit message ids must not wrap
+            time.sleep(0.001)
+        samples += len(signals)
+    while acked < published:
+        time.sleep(0.01)
+    client.disconnect()
+    client.loop_stop()
+    (work / "naive.json").write_text(json.dumps({"published": published, "samples": samples}))
+
+
+# -- the driver --------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One pipeline's figures."""
+
+    name: str
+    frames: int
+    seconds: float
+    messages: int
+    wire_bytes: int
+    input_samples: int
+    delivered_samples: int
+    rss_mb: float
+    bad: int
+
+    def show(self) -> None:
+        print(f"{self.name}")
+        print(f"  frames/s end to end   {self.frames / self.seconds:>12,.0f}  "
+              f"({self.frames:,} frames in {self.seconds:.1f} s)")  # fmt: skip
+        print(f"  messages              {self.messages:>12,}  ({self.bad} failed to verify)")
+        print(f"  wire bytes            {self.wire_bytes:>12,}")
+        print(f"  bytes/sample (input)  {self.wire_bytes / self.input_samples:>12.3f}  "
+              f"({self.input_samples:,} signal values read from the bus)")  # fmt: skip
+        if self.delivered_samples != self.input_samples:
+            print(f"  bytes/sample (sent)   {self.wire_bytes / self.delivered_samples:>12.3f}  "
+                  f"({self.delivered_samples:,} samples the policy reported)")  # fmt: skip
+        print(f"  publisher peak RSS    {self.rss_mb:>12.1f} MB")
+
+
+def _run_measured(cmd: list[str], log: Path) -> tuple[int, float]:
+    """Run ``cmd``; return its exit status and peak RSS in MB."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out, cwd=REPO)
+        _pid, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        sys.exit(f"{cmd[:4]} failed ({proc.returncode}); see {log}")
+    return proc.returncode, usage.ru_maxrss / 1024
+
+
+def _pipeline(
+    name: str, work: Path, *, certs: Path, port: int, device: str, mode: str, cmd: list[str],
+    expected: Any,
+) -> tuple[dict[str, Any], float, float]:  # fmt: skip
+    work.mkdir()
+    sub = subprocess.Popen(
+        [sys.executable, __file__, "--subscribe", mode, "--certs", str(certs), "--port",
+         str(port), "--device", device, "--work", str(work)], cwd=REPO,
+    )  # fmt: skip
+    while not (work / "ready").exists():
+        time.sleep(0.01)
+    start = time.time()
+    _code, rss = _run_measured(cmd, work / f"{name}.log")
+    (work / "expected").write_text(str(expected()))
+    sub.wait(700)
+    stats: dict[str, Any] = json.loads((work / "result.json").read_text())
+    return stats, stats["last"] - start, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--frames", type=int, default=1_000_000)
+    parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--subscribe", choices=("envelope", "json"), help=argparse.SUPPRESS)
+    parser.add_argument("--naive", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--certs", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--device", help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.subscribe:
+        subscribe(args.certs, args.port, args.device, args.subscribe, args.work)
+        return
+    dbc = opendbc_file()
+    if args.naive:
+        naive(args.certs, args.port, args.naive, dbc, args.work)
+        return
+    log = make_log(load(dbc), CACHE / f"vw_mqb_{args.frames}.blf", args.frames)
+    print(f"log {log.name}: {args.frames:,} frames of {dbc.name}")
+    with tempfile.TemporaryDirectory(prefix="canvoy-bench-") as tmp:
+        root = Path(tmp)
+        certs = root / "pki"
+        pki.init_ca(certs)
+        pki.issue(certs, "broker", "broker", hosts=["127.0.0.1"])
+        for device in (AGENT, NAIVE):
+            pki.issue(certs, "device", device)
+        pki.issue(certs, "operator", SUBSCRIBER)
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        broker = Broker(BrokerSettings(certs=certs, port=port, data=root / "broker"))
+        with (root / "mosquitto.log").open("wb") as broker_log:
+            broker.start(log=broker_log)
+            try:
+                results = [_agent(root, certs, port, log=log, dbc=dbc, frames=args.frames)]
+                if not args.skip_baseline:
+                    results.append(_naive(root, certs, port, log, args.frames))
+            finally:
+                broker.stop()
+    for result in results:
+        result.show()
+    if len(results) == 2:
+        a, b = results
+        ratio = (b.wire_bytes / b.input_samples) / (a.wire_bytes / a.input_samples)
+        print(f"the agent sends {ratio:.0f}x fewer bytes per signal value than the baseline")
+
+
+def _agent(root: Path, certs: Path, port: int, *, log: Path, dbc: Path, frames: int) -> Result:
+    folder = pki.identity_dir(certs, "device", AGENT)
+    outbox = root / "agent-outbox.sqlite"
+    config = root / "agent.yaml"
+    config.write_text(
+        json.dumps({
+            "device": AGENT,
+            "tls": {"ca": str(pki.ca_cert_path(certs)), "cert": str(folder / "cert.pem"),
+                    "key": str(folder / "key.pem")},
+            "buses": [{"name": "pt", "databases": [str(dbc)], "replay": str(log)}],
+            "outbox": {"path": str(outbox)},
+            "mqtt": {"host": "127.0.0.1", "port": port},
+            "shutdown_timeout_s": 600,
+        })
+    )  # fmt: skip
+    cmd = [sys.executable, "-m", "canvoy", "agent", "run", "--config", str(config),
+           "--exit-when-done"]  # fmt: skip
+
+    def expected() -> int:
+        return open_status(outbox).counters["next_seq"] - 1
+
+    stats, seconds, rss = _pipeline(
+        "agent",
+        root / "agent",
+        certs=certs,
+        port=port,
+        device=AGENT,
+        mode="envelope",
+        cmd=cmd,
+        expected=expected,
+    )
+    input_samples = _input_samples(log, dbc)
+    return Result("canvoy agent (batched, signed, zstd, outbox)", frames, seconds,
+                  stats["messages"], stats["wire_bytes"], input_samples, stats["samples"],
+                  rss, stats["bad"])  # fmt: skip
+
+
+def _naive(root: Path, certs: Path, port: int, log: Path, frames: int) -> Result:
+    work = root / "naive"
+    cmd = [sys.executable, __file__, "--naive", str(log), "--certs", str(certs), "--port",
+           str(port), "--work", str(work)]  # fmt: skip
+
+    def expected() -> int:
+        return int(json.loads((work / "naive.json").read_text())["published"])
+
+    stats, seconds, rss = _pipeline(
+        "naive",
+        work,
+        certs=certs,
+        port=port,
+        device=NAIVE,
+        mode="json",
+        cmd=cmd,
+        expected=expected,
+    )
+    return Result("naive baseline (cantools + one JSON publish per frame, QoS 1)", frames,
+                  seconds, stats["messages"], stats["wire_bytes"], stats["samples"],
+                  stats["samples"], rss, stats["bad"])  # fmt: skip
+
+
+def _input_samples(log: Path, dbc: Path) -> int:
+    """Signal values in the log's decodable frames: what the baseline sends one by one."""
+    cached = log.with_suffix(".samples")
+    if cached.exists():
+        return int(cached.read_text())
+    db = load(dbc)
+    counts = {m.frame_id: len(m.signals) for m in db.messages}
+    total = 0
+    for msg in can.LogReader(str(log)):
+        message = db.get_message_by_frame_id(msg.arbitration_id)
+        # Multiplexed messages carry only one page's signals per frame.
+        if message.is_multiplexed():
+            total += len(message.decode(bytes(msg.data), decode_choices=False))
+        else:
+            total += counts[msg.arbitration_id]
+    cached.write_text(str(total))
+    return total
+
+
+if __name__ == "__main__":
+    main()

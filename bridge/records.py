@@ -1,0 +1,50 @@
+"""Verified envelopes as JSON records for sinks, each with its idempotency key."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.verify import Verified
+from wire import body
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One thing to forward: a telemetry batch, one event, or a status change."""
+
+    key: str  # device:boot:seq, plus :index for the events of one envelope
+    device: str
+    kind: str
+    data: dict[str, Any]
+
+    def json(self) -> str:
+        """The record as one line of JSON."""
+        return json.dumps(self.data, separators=(",", ":"), default=str)
+
+
+def records(verified: Verified) -> list[Record]:
+    """The records of one verified envelope."""
+    e = verified.signed.envelope
+    head: dict[str, Any] = {
+        "device": e.device, "boot": e.boot.hex(), "seq": e.seq, "kind": e.kind,
+        "created_ms": e.created_ms, "envelope": e.key, "digest": verified.signed.digest,
+    }  # fmt: skip
+    content = verified.content
+    if e.kind == "telemetry":
+        batch = body.parse_telemetry(content)
+        series = {s.key: {"t_ms": list(s.times_ms), "v": list(s.values)} for s in batch.series}
+        data = {**head, "key": e.key, "policy": batch.policy, "samples": batch.samples,
+                "series": series}  # fmt: skip
+        return [Record(e.key, e.device, e.kind, data)]
+    if e.kind == "events":
+        out = []
+        for i, event in enumerate(body.parse_events(content)):
+            key = f"{e.key}:{i}"
+            out.append(Record(key, e.device, e.kind, {**head, "key": key, "event": event}))
+        return out
+    status = body.parse_status(content)
+    data = {**head, "key": e.key, "state": status.state, "agent": status.agent,
+            "policy": status.policy, "outbox": status.outbox_depth}  # fmt: skip
+    return [Record(e.key, e.device, e.kind, data)]
