@@ -80,7 +80,8 @@ class ReplayWindow:
     def forget(self, device: str, boot: bytes, seq: int) -> None:
         """Undo ``admit`` for a message that could not be delivered (so its redelivery counts)."""
         with self._lock:
-            state = self._boots.get(device, {}).get(boot)
+            boots = self._boots.get(device)
+            state = boots.get(boot) if boots is not None else None
             if state is not None:
                 state[1].discard(seq)
 
