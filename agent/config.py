@@ -19,15 +19,7 @@ from agent.publish import MqttConfig
 from wire.errors import ConfigError
 from wire.ids import check_id
 from wire.schema import build
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class TlsFiles:
-    """The fleet CA and this device's certificate and key (PEM files)."""
-
-    ca: Path
-    cert: Path
-    key: Path
+from wire.tls import TlsFiles
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

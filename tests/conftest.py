@@ -16,6 +16,8 @@ from certs import pki
 from transport.mqtt import Connection, Message
 from wire.tls import client_context
 
+pytest_plugins = ["tests.bridgekit"]  # the webhook receiver and nats-server fixtures
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "css-electronics"
 
 

@@ -92,10 +92,12 @@ class Connection:
         manual_ack: bool = False,
         on_message: Callable[[Message], None] | None = None,
         max_inflight: int = 20,
+        receive_maximum: int | None = None,
     ) -> None:
         self.client_id = client_id
         self._clean_start = clean_start
         self._session_expiry_s = session_expiry_s
+        self._receive_maximum = receive_maximum
         self._client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -139,6 +141,8 @@ class Connection:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         if self._session_expiry_s:
             props.SessionExpiryInterval = self._session_expiry_s
+        if self._receive_maximum:
+            props.ReceiveMaximum = self._receive_maximum
         try:
             self._client.connect(
                 host, port, keepalive_s, clean_start=self._clean_start, properties=props

@@ -19,6 +19,7 @@
      |    +-- ReplayError                    a sequence number far behind the replay window
      |    +-- DuplicateError                 an exact redelivery (counted, not an error)
      +-- DecodeError                         a CAN database or log cannot be used
+     +-- SinkError                           a downstream sink did not accept a delivery
      +-- StoreError                          the local outbox cannot be used
 
 Every message names the bad value and says what to do about it.
@@ -129,6 +130,10 @@ class DuplicateError(EnvelopeError):
 
 class DecodeError(CanvoyError):
     """A CAN database or log file cannot be used."""
+
+
+class SinkError(CanvoyError):
+    """A downstream sink (file, webhook, MQTT, NATS) did not durably accept a delivery."""
 
 
 class StoreError(CanvoyError):

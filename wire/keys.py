@@ -109,6 +109,9 @@ class DeviceKeys:
                 "unknown_device",
             )
         if cert.serial_number in self._revoked:
+            with self._lock:
+                self._keys.pop(device, None)
+                self._serials[device] = cert.serial_number  # later envelopes: "revoked"
             raise UnknownDeviceError(f"{device}: certificate is revoked", "revoked")
         cn = _attr(cert.subject, NameOID.COMMON_NAME)
         unit = _attr(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)

@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import datetime as dt
 import ssl
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 
 from wire.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsFiles:
+    """The fleet CA and one identity's certificate and key (PEM files)."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def resolve(self, base: Path) -> TlsFiles:
+        """Relative paths made relative to ``base`` (the config file's directory)."""
+        return TlsFiles(
+            ca=base / self.ca, cert=base / self.cert, key=base / self.key
+        )  # base / absolute == absolute
+
+    def context(self) -> ssl.SSLContext:
+        """The client TLS context for these files (see ``client_context``)."""
+        return client_context(ca=self.ca, cert=self.cert, key=self.key)
 
 
 def client_context(*, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:

@@ -1,5 +1,5 @@
 """The subcommands; each module has ``add_parser(subparsers)`` that sets ``func``."""
 
-from canvoy.commands import agent, broker, certs, decode
+from canvoy.commands import agent, bridge, broker, certs, decode, tail
 
-COMMANDS = (certs, broker, decode, agent)
+COMMANDS = (certs, broker, decode, agent, bridge, tail)

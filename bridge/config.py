@@ -1,0 +1,98 @@
+"""The bridge config file (bridge.yaml): identity, broker, verification, sinks and routes."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from wire.errors import ConfigError
+from wire.ids import check_id
+from wire.schema import build
+from wire.tls import TlsFiles
+
+ROUTABLE = ("telemetry", "events", "status")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BrokerAddress:
+    """Where the broker is."""
+
+    host: str = "localhost"
+    port: int = 8883
+    keepalive_s: int = 30
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BridgeConfig:
+    """Everything ``canvoy bridge run`` needs; see docs/CONFIG.md."""
+
+    name: str
+    tls: TlsFiles
+    broker: BrokerAddress = field(default_factory=BrokerAddress)
+    crl: Path | None = None
+    known_devices: Path | None = None
+    group: str = "canvoy"
+    session_expiry_s: int = 86400
+    receive_maximum: int = 1000
+    hold_unknown_s: float = 10.0
+    replay_window: int = 100_000
+    batch_max: int = 500
+    quarantine: Path = Path("quarantine.jsonl")
+    status_file: Path | None = None
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    receipts: bool = True
+
+    def __post_init__(self) -> None:
+        check_id(self.name)
+        check_id(self.group)
+        for kind, names in self.routes.items():
+            if kind not in ROUTABLE:
+                raise ConfigError(f"routes.{kind}: unknown kind, use one of {ROUTABLE}")
+            for name in names:
+                if name not in self.sinks:
+                    raise ConfigError(f"routes.{kind}: sink {name!r} is not defined under sinks")
+        for name, options in self.sinks.items():
+            if not isinstance(options, dict) or "type" not in options:
+                raise ConfigError(f"sinks.{name}: give a 'type' (jsonl, webhook, mqtt, nats)")
+        if not 1 <= self.receive_maximum <= 65535:
+            raise ConfigError("receive_maximum must be 1..65535")
+        if self.replay_window < 1000:
+            raise ConfigError("replay_window must be >= 1000 sequence numbers")
+
+
+_PATH_OPTIONS = ("path", "secret_file", "dead_letter")
+
+
+def load_config(path: Path) -> BridgeConfig:
+    """Read ``bridge.yaml``; relative paths are relative to the file's directory.
+
+    Raises:
+        ConfigError: missing, not YAML, or an unknown or invalid key (named by its path).
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read bridge config {str(path)!r}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"bridge config {str(path)!r} is not valid YAML: {exc}") from exc
+    config = build(BridgeConfig, data)
+    base = path.resolve().parent
+    sinks = {
+        name: {k: (str(base / v) if k in _PATH_OPTIONS and isinstance(v, str) else v)
+               for k, v in options.items()}
+        for name, options in config.sinks.items()
+    }  # fmt: skip
+    return dataclasses.replace(
+        config,
+        tls=config.tls.resolve(base),
+        crl=base / config.crl if config.crl else None,
+        known_devices=base / config.known_devices if config.known_devices else None,
+        quarantine=base / config.quarantine,
+        status_file=base / config.status_file if config.status_file else None,
+        sinks=sinks,
+    )

@@ -1,0 +1,343 @@
+"""The running bridge: subscribe, verify, forward to sinks, acknowledge only what was forwarded.
+
+One thread keeps the MQTT connection up (persistent session, shared subscriptions); one worker
+takes received messages in batches, verifies them, hands the records to every routed sink
+(retrying an unavailable sink with back-off, never dropping) and only then acknowledges them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_random
+
+from bridge.config import BridgeConfig
+from bridge.quarantine import Quarantine
+from bridge.records import Record, records
+from bridge.sinks.base import Sink, SinkContext, build_sink
+from bridge.verify import ReplayWindow, Verified, Verifier
+from transport.mqtt import Connection, Message
+from wire import body
+from wire.errors import (
+    ConfigError,
+    ConnectionLostError,
+    DuplicateError,
+    EnvelopeError,
+    SinkError,
+    TransportError,
+    UnknownDeviceError,
+)
+from wire.keys import DeviceKeys
+from wire.topics import PREFIX, topic
+
+log = logging.getLogger(__name__)
+RECONNECT_MAX_S = 30.0
+
+
+@dataclass(slots=True)
+class _Held:
+    conn: Connection
+    msg: Message
+    until: float
+
+
+@dataclass(slots=True)
+class _Item:
+    conn: Connection
+    msg: Message
+    verified: Verified
+    records: list[Record]
+
+
+class _StoppingError(Exception):
+    """Raised inside retry loops when the bridge is stopping."""
+
+
+class Bridge:
+    """One bridge process; ``run`` blocks until ``stop``."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        """Load the fleet CA, CRL and known devices and build the sinks.
+
+        Raises:
+            ConfigError: a file or a sink option is unusable.
+            PKIError: the CA or CRL is not usable.
+        """
+        self.config = config
+        try:
+            ca_pem = config.tls.ca.read_bytes()
+            crl_pem = config.crl.read_bytes() if config.crl else None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {exc.filename}: {exc.strerror}") from exc
+        self.keys = DeviceKeys(ca_pem, crl_pem)
+        if config.known_devices is not None:
+            log.info("preloaded %d device certificate(s)", self.keys.preload(config.known_devices))
+        self.verifier = Verifier(self.keys, ReplayWindow(config.replay_window))
+        self.quarantine = Quarantine(config.quarantine)
+        self.tls = config.tls.context()
+        context = SinkContext(publish=self._publish)
+        self.sinks: dict[str, Sink] = {
+            name: build_sink(name, options, context) for name, options in config.sinks.items()
+        }
+        self.routes: dict[str, list[Sink]] = {
+            kind: [self.sinks[n] for n in names] for kind, names in config.routes.items()
+        }
+        self.stats: Counter[str] = Counter()
+        self._queue: queue.Queue[tuple[Connection, Message]] = queue.Queue()
+        self._held: list[_Held] = []
+        self._stop = threading.Event()
+        self._conn: Connection | None = None
+        self._connected = threading.Event()
+        self._keeper = threading.Thread(target=self._keep_connected, name="mqtt", daemon=True)
+        self.on_forwarded: Callable[[list[Verified]], None] | None = None
+
+    # -- connection --------------------------------------------------------------------------
+
+    def _publish(self, name: str, payload: bytes) -> Future[None]:
+        conn = self._conn
+        if conn is None or not conn.connected:
+            fut: Future[None] = Future()
+            fut.set_exception(ConnectionLostError("the bridge is not connected to the broker"))
+            return fut
+        return conn.publish(name, payload)
+
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        group = self.config.group
+        return [
+            (f"$share/{group}/{PREFIX}/+/telemetry", 1),
+            (f"$share/{group}/{PREFIX}/+/events", 1),
+            (f"{PREFIX}/+/status", 1),  # every instance: the births teach it every key
+        ]
+
+    def _connect_once(self) -> Connection:
+        if self._stop.is_set():
+            raise _StoppingError
+        c = self.config
+        conn = Connection(
+            client_id=c.name, tls=self.tls, clean_start=False,
+            session_expiry_s=c.session_expiry_s, manual_ack=True,
+            on_message=lambda msg: self._queue.put((conn, msg)),
+            receive_maximum=c.receive_maximum,
+        )  # fmt: skip
+        connack = conn.connect(c.broker.host, c.broker.port, keepalive_s=c.broker.keepalive_s)
+        conn.subscribe(self._subscriptions())
+        log.info(
+            "bridge %s connected to %s:%d (session %s)", c.name, c.broker.host, c.broker.port,
+            "resumed" if connack.session_present else "new",
+        )  # fmt: skip
+        return conn
+
+    def _keep_connected(self) -> None:
+        def note(state: Any) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            log.error("bridge cannot connect: %s", exc)
+            self.stats["connect_failures"] += 1
+
+        while not self._stop.is_set():
+            retrying = Retrying(
+                retry=retry_if_exception_type(TransportError),
+                wait=wait_exponential(min=0.5, max=RECONNECT_MAX_S) + wait_random(0, 0.5),
+                sleep=self._sleep, before_sleep=note,
+            )  # fmt: skip
+            try:
+                conn = retrying(self._connect_once)
+            except _StoppingError:
+                return
+            self._conn = conn
+            self._connected.set()
+            self.stats["connects"] += 1
+            self._report()
+            while not self._stop.is_set() and not conn.closed.done():
+                self._stop.wait(0.2)
+            self._connected.clear()
+            if not self._stop.is_set():
+                log.warning("bridge lost its connection: %s", conn.closed.result())
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stop.wait(seconds):
+            raise _StoppingError
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask ``run`` to return (safe from a signal handler)."""
+        self._stop.set()
+
+    def run(self, *, until: Callable[[], bool] | None = None) -> int:
+        """Run until ``stop`` (or until ``until()`` is true); return the exit code."""
+        self._keeper.start()
+        next_report = time.monotonic() + 10
+        try:
+            while not self._stop.is_set():
+                batch = self._take()
+                if batch:
+                    self._process(batch)
+                self._recheck_held()
+                if time.monotonic() >= next_report:
+                    self._report()
+                    next_report = time.monotonic() + 10
+                if until is not None and until():
+                    break
+        except _StoppingError:
+            pass
+        finally:
+            self._stop.set()
+            self._keeper.join(5)
+            conn = self._conn
+            if conn is not None and conn.connected:
+                conn.close()
+            for sink in self.sinks.values():
+                sink.close()
+            self._report()
+        return 0
+
+    def _take(self) -> list[tuple[Connection, Message]]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        batch = [first]
+        while len(batch) < self.config.batch_max:
+            try:
+                batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _report(self) -> None:
+        report = {
+            "name": self.config.name, "updated_ms": int(time.time() * 1000),
+            "connected": self._connected.is_set(), "counts": dict(self.stats),
+            "quarantined": dict(self.quarantine.counts), "held": len(self._held),
+            "queued": self._queue.qsize(),
+        }  # fmt: skip
+        log.info("bridge: %s", json.dumps(report["counts"]))
+        path = self.config.status_file
+        if path is not None:
+            tmp = path.with_name(path.name + ".tmp")
+            try:
+                tmp.write_text(json.dumps(report, indent=1))
+                tmp.replace(path)
+            except OSError as exc:
+                log.warning("status file %s not written: %s", path, exc)
+
+    # -- the pipeline ------------------------------------------------------------------------
+
+    @staticmethod
+    def _ack(conn: Connection, msg: Message) -> None:
+        if conn.connected:
+            conn.ack(msg.mid, msg.qos)
+        # else: the broker redelivers it on the next connection; it is then a duplicate.
+
+    def _reject(self, conn: Connection, msg: Message, reason: str, detail: str) -> None:
+        self.quarantine.add(msg.topic, reason, detail, bytes(msg.payload))
+        self.stats[f"rejected_{reason}"] += 1
+        log.warning("rejected %s (%s): %s", msg.topic, reason, detail)
+        self._ack(conn, msg)
+
+    def _verify(self, conn: Connection, msg: Message, *, held: bool = False) -> _Item | None:
+        try:
+            verified = self.verifier.check(msg.topic, bytes(msg.payload))
+        except DuplicateError:
+            self.stats["duplicates"] += 1
+            self._ack(conn, msg)
+            return None
+        except UnknownDeviceError as exc:
+            if exc.reason == "unknown_device" and not held:
+                self._held.append(_Held(conn, msg, time.monotonic() + self.config.hold_unknown_s))
+                self.stats["held"] += 1
+                return None
+            self._reject(conn, msg, exc.reason, str(exc))
+            return None
+        except EnvelopeError as exc:
+            self._reject(conn, msg, exc.reason, str(exc))
+            return None
+        except Exception as exc:  # whatever arrives, the bridge keeps running
+            log.exception("unexpected error verifying %s", msg.topic)
+            self._reject(conn, msg, "malformed", f"{type(exc).__name__}: {exc}")
+            return None
+        self.stats["verified"] += 1
+        return _Item(conn, msg, verified, records(verified))
+
+    def _recheck_held(self) -> None:
+        if not self._held:
+            return
+        now = time.monotonic()
+        ready, waiting = [], []
+        for h in self._held:
+            device = h.msg.topic.split("/")[2]
+            if self.keys.get(device) is not None or now >= h.until:
+                ready.append(h)
+            else:
+                waiting.append(h)
+        self._held = waiting
+        items = [i for h in ready if (i := self._verify(h.conn, h.msg, held=True)) is not None]
+        if items:
+            self._forward(items)
+
+    def _process(self, batch: Sequence[tuple[Connection, Message]]) -> None:
+        self.stats["received"] += len(batch)
+        items = [i for conn, msg in batch if (i := self._verify(conn, msg)) is not None]
+        if items:
+            self._forward(items)
+
+    def _forward(self, items: list[_Item]) -> None:
+        try:
+            for kind, sinks in self.routes.items():
+                chosen = [r for i in items if i.verified.signed.envelope.kind == kind
+                          for r in i.records]  # fmt: skip
+                if chosen:
+                    for sink in sinks:
+                        self._deliver(sink, chosen)
+        except _StoppingError:
+            # Not forwarded everywhere: unacknowledged, so the broker delivers them again.
+            for i in items:
+                e = i.verified.signed.envelope
+                self.verifier.window.forget(e.device, e.boot, e.seq)
+            raise
+        for i in items:
+            self._ack(i.conn, i.msg)
+        self.stats["forwarded"] += len(items)
+        events = [i.verified for i in items if i.verified.signed.envelope.kind == "events"]
+        if events and self.config.receipts:
+            self._send_receipts(events)
+        if self.on_forwarded is not None:
+            self.on_forwarded([i.verified for i in items])
+
+    def _deliver(self, sink: Sink, chosen: list[Record]) -> None:
+        def note(state: Any) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            self.stats[f"sink_retries_{sink.name}"] += 1
+            log.error("sink %s: %s; %d record(s) wait, retrying", sink.name, exc, len(chosen))
+
+        retrying = Retrying(
+            retry=retry_if_exception_type(SinkError),
+            wait=wait_exponential(min=0.2, max=RECONNECT_MAX_S) + wait_random(0, 0.2),
+            sleep=self._sleep, before_sleep=note,
+        )  # fmt: skip
+        retrying(sink.deliver, chosen)
+
+    def _send_receipts(self, events: list[Verified]) -> None:
+        """Tell each device which of its events are durably forwarded (best effort)."""
+        by_device: dict[str, list[str]] = {}
+        for v in events:
+            by_device.setdefault(v.signed.envelope.device, []).append(v.key)
+        now = int(time.time() * 1000)
+        for device, keys in by_device.items():
+            payload = json.dumps(body.receipts_content(keys, now)).encode()
+            fut = self._publish(topic(device, "receipts"), payload)
+            fut.add_done_callback(self._receipt_done)
+
+    def _receipt_done(self, fut: Future[None]) -> None:
+        if fut.exception() is not None:
+            self.stats["receipt_failures"] += 1
+            log.warning("receipt not published: %s", fut.exception())

@@ -1,0 +1,1 @@
+"""Downstream sinks, one module each, registered by their ``type:`` in ``bridge.yaml``."""

@@ -1,0 +1,190 @@
+"""``type: webhook``: signed HTTP POSTs of JSON to a CRM or service-order system.
+
+Each record is one POST with ``Idempotency-Key`` (the record key), ``Canvoy-Timestamp`` and
+``Canvoy-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`` with the shared secret, as
+Stripe and Standard Webhooks do. Failures are retried with exponential back-off and jitter for up
+to ``max_elapsed_s``; then the request goes to the dead-letter directory, from which
+``canvoy bridge redeliver`` sends it again. A dead letter on disk counts as accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+    wait_random,
+)
+
+from bridge.records import Record
+from bridge.sinks.base import SinkContext, register
+from wire.errors import ConfigError, SinkError
+from wire.schema import build
+
+log = logging.getLogger(__name__)
+SIGNATURE_HEADER = "Canvoy-Signature"
+TIMESTAMP_HEADER = "Canvoy-Timestamp"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookConfig:
+    """Where to POST, the shared secret, and how long to keep trying."""
+
+    url: str
+    secret_file: Path
+    dead_letter: Path
+    timeout_s: float = 10.0
+    max_elapsed_s: float = 300.0
+    retry_min_s: float = 0.5
+    retry_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ConfigError(f"url {self.url!r} must start with http:// or https://")
+        if self.max_elapsed_s < 0 or self.retry_min_s <= 0:
+            raise ConfigError("max_elapsed_s must be >= 0 and retry_min_s > 0")
+
+
+def sign(secret: bytes, timestamp: str, body: bytes) -> str:
+    """The ``Canvoy-Signature`` value for ``body`` sent at ``timestamp``."""
+    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"v1={mac}"
+
+
+class _RetryableError(Exception):
+    """A failure worth another attempt (connection error, 5xx, 408, 429)."""
+
+
+class WebhookSink:
+    """POSTs records one by one; each either reaches a 2xx or lands in the dead-letter dir."""
+
+    def __init__(self, name: str, config: WebhookConfig) -> None:
+        """Read the secret and prepare the client.
+
+        Raises:
+            ConfigError: the secret file is missing or empty.
+        """
+        self.name = name
+        self.config = config
+        try:
+            self._secret = config.secret_file.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"sinks.{name}.secret_file: cannot read {config.secret_file}: {exc.strerror}"
+            ) from exc
+        if not self._secret:
+            raise ConfigError(f"sinks.{name}.secret_file {config.secret_file} is empty")
+        self._client = httpx.Client(timeout=config.timeout_s)
+        self.delivered = 0
+        self.dead_lettered = 0
+
+    def post(self, key: str, body: bytes) -> httpx.Response:
+        """One signed POST (no retries).
+
+        Raises:
+            httpx.HTTPError: the request failed on the network.
+        """
+        timestamp = str(int(time.time()))
+        headers = {
+            "Content-Type": "application/json",
+            "Idempotency-Key": key,
+            TIMESTAMP_HEADER: timestamp,
+            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
+        }
+        return self._client.post(self.config.url, content=body, headers=headers)
+
+    def _attempt(self, key: str, body: bytes) -> None:
+        try:
+            response = self.post(key, body)
+        except httpx.HTTPError as exc:
+            raise _RetryableError(f"{type(exc).__name__}: {exc}") from exc
+        if response.is_success:
+            return
+        if response.status_code >= 500 or response.status_code in (408, 429):
+            raise _RetryableError(f"HTTP {response.status_code}")
+        raise SinkError(f"HTTP {response.status_code}: {response.text[:200]}")
+
+    def deliver(self, records: Sequence[Record]) -> None:
+        """POST each record; dead-letter what does not get through in ``max_elapsed_s``.
+
+        Raises:
+            SinkError: a dead letter could not be written either.
+        """
+        c = self.config
+        for record in records:
+            body = record.json().encode()
+            retrying = Retrying(
+                retry=retry_if_exception_type(_RetryableError),
+                stop=stop_after_delay(c.max_elapsed_s),
+                wait=wait_exponential(multiplier=c.retry_min_s, min=c.retry_min_s,
+                                      max=c.retry_max_s) + wait_random(0, c.retry_min_s),
+                before_sleep=lambda s: log.warning(
+                    "sink %s: POST %s failed (%s); retrying",
+                    self.name, c.url, s.outcome.exception() if s.outcome else "?",
+                ),
+            )  # fmt: skip
+            try:
+                retrying(self._attempt, record.key, body)
+                self.delivered += 1
+            except RetryError as exc:
+                last = exc.last_attempt.exception()
+                self._dead_letter(record.key, body, f"gave up after {c.max_elapsed_s} s: {last}")
+            except SinkError as exc:
+                self._dead_letter(record.key, body, f"refused: {exc}")
+
+    def _dead_letter(self, key: str, body: bytes, reason: str) -> None:
+        folder = self.config.dead_letter
+        path = folder / f"{time.time_ns()}-{key.replace(':', '_')}.json"
+        letter = {"url": self.config.url, "key": key, "reason": reason,
+                  "body": json.loads(body)}  # fmt: skip
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            with tmp.open("w") as out:
+                json.dump(letter, out)
+                out.flush()
+                os.fsync(out.fileno())
+            tmp.replace(path)
+        except OSError as exc:
+            raise SinkError(f"sink {self.name}: cannot write dead letter {path}: {exc}") from exc
+        self.dead_lettered += 1
+        log.error("sink %s: %s %s; dead letter %s", self.name, key, reason, path)
+
+    def redeliver(self) -> tuple[int, int]:
+        """POST every dead letter once more; return (delivered, still failing)."""
+        done = failed = 0
+        for path in sorted(self.config.dead_letter.glob("*.json")):
+            letter = json.loads(path.read_text())
+            body = json.dumps(letter["body"], separators=(",", ":"), default=str).encode()
+            try:
+                self._attempt(letter["key"], body)
+            except (_RetryableError, SinkError) as exc:
+                failed += 1
+                log.error("redeliver %s: %s", path.name, exc)
+                continue
+            path.unlink()
+            done += 1
+        return done, failed
+
+    def close(self) -> None:
+        """Close the HTTP client."""
+        self._client.close()
+
+
+@register("webhook")
+def _make(name: str, options: Mapping[str, Any], _context: SinkContext) -> WebhookSink:
+    return WebhookSink(name, build(WebhookConfig, options, f"sinks.{name}"))

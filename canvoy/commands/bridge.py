@@ -1,0 +1,162 @@
+"""``canvoy bridge``: write a config (init), run a bridge (run), resend dead letters (redeliver)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+from pathlib import Path
+from typing import Any
+
+from bridge.config import load_config
+from bridge.service import Bridge
+from bridge.sinks.webhook import WebhookConfig, WebhookSink
+from canvoy.commands.agent import parse_broker
+from wire.errors import ConfigError
+from wire.ids import check_id
+from wire.schema import build
+
+TEMPLATE = """\
+# canvoy bridge config; every key is described in docs/CONFIG.md.
+# Relative paths are relative to this file.
+
+# Bridge identity: the certificate's CN and the MQTT client id (one per process).
+name: {name}
+tls:
+  ca: {ca}
+  cert: {cert}
+  key: {key}
+crl: {crl}                  # revoked devices are rejected
+known_devices: null         # a directory of device certificates to trust before their births
+
+broker:
+  host: {host}
+  port: {port}
+
+group: canvoy               # bridges in one group share the fleet ($share/<group>/...)
+session_expiry_s: 86400     # the broker keeps messages for a restarting bridge this long
+receive_maximum: 1000       # unacknowledged messages the broker may send at once
+hold_unknown_s: 10.0        # hold envelopes of a device whose birth has not arrived yet
+replay_window: 100000       # sequence numbers per device and boot remembered for replays
+quarantine: {quarantine}
+status_file: null
+receipts: true              # publish delivery receipts for events to canvoy/v1/<device>/receipts
+
+sinks:
+{sinks}
+routes:
+{routes}"""
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``canvoy bridge`` and its subcommands."""
+    parser = sub.add_parser("bridge", help="the cloud bridge: init, run, redeliver")
+    bridge_sub = parser.add_subparsers(dest="bridge_command", required=True, metavar="ACTION")
+
+    init = bridge_sub.add_parser("init", help="write a complete, commented bridge config")
+    init.add_argument("--certs", type=Path, required=True, help="fleet PKI directory")
+    init.add_argument("--identity", required=True, metavar="bridge/NAME")
+    init.add_argument("--broker", required=True, metavar="HOST:PORT")
+    init.add_argument("--jsonl", type=Path, metavar="PATH", help="append records to a file")
+    init.add_argument("--webhook", metavar="URL", help="POST events to a service desk")
+    init.add_argument("--webhook-secret-file", type=Path, metavar="FILE")
+    init.add_argument("--nats", metavar="URL", help="publish to NATS JetStream")
+    init.add_argument("--no-fleet", action="store_true", help="no republish to fleet/v1/...")
+    init.add_argument("-o", "--output", type=Path, required=True)
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=_init)
+
+    run = bridge_sub.add_parser("run", help="run the bridge until SIGTERM")
+    run.add_argument("--config", type=Path, required=True)
+    run.set_defaults(func=_run)
+
+    again = bridge_sub.add_parser("redeliver", help="POST the webhook dead letters again")
+    again.add_argument("--config", type=Path, required=True)
+    again.set_defaults(func=_redeliver)
+
+
+def _q(path: Path) -> str:
+    return json.dumps(str(path.resolve()))
+
+
+def _init(args: argparse.Namespace) -> int:
+    kind, _, name = args.identity.partition("/")
+    if kind != "bridge" or not name:
+        raise ConfigError(f"--identity {args.identity!r} must be bridge/NAME")
+    check_id(name)
+    host, port = parse_broker(args.broker)
+    folder = args.certs / "bridge" / name
+    for needed in (args.certs / "ca.pem", folder / "cert.pem", folder / "key.pem"):
+        if not needed.exists():
+            raise ConfigError(
+                f"{needed} does not exist: issue it with "
+                f"'canvoy certs issue --certs {args.certs} bridge {name}'"
+            )
+    if args.output.exists() and not args.force:
+        raise ConfigError(f"{args.output} exists: pass --force to overwrite it")
+    if bool(args.webhook) != bool(args.webhook_secret_file):
+        raise ConfigError("--webhook and --webhook-secret-file go together")
+    out_dir = args.output.resolve().parent
+    sinks, telemetry, events = [], [], []
+    if args.jsonl:
+        sinks.append(f"  files:\n    type: jsonl\n    path: {_q(args.jsonl)}\n"
+                     "    max_bytes: 104857600     # rotate at 100 MiB\n    keep: 5\n")  # fmt: skip
+        telemetry.append("files")
+        events.append("files")
+    if args.webhook:
+        sinks.append(
+            f"  desk:\n    type: webhook\n    url: {json.dumps(args.webhook)}\n"
+            f"    secret_file: {_q(args.webhook_secret_file)}\n"
+            f"    dead_letter: {_q(out_dir / 'dead-letter')}\n"
+            "    max_elapsed_s: 300.0       # then the dead-letter directory\n"
+        )
+        events.append("desk")
+    if not args.no_fleet:
+        sinks.append("  fleet:\n    type: mqtt              # fleet/v1/<device>/<kind>\n")
+        telemetry.append("fleet")
+        events.append("fleet")
+    if args.nats:
+        sinks.append(f"  stream:\n    type: nats\n    url: {json.dumps(args.nats)}\n"
+                     "    stream: CANVOY\n")  # fmt: skip
+        telemetry.append("stream")
+        events.append("stream")
+    routes = f"  telemetry: [{', '.join(telemetry)}]\n  events: [{', '.join(events)}]\n"
+    crl = args.certs / "crl.pem"
+    text = TEMPLATE.format(
+        name=name, ca=_q(args.certs / "ca.pem"), cert=_q(folder / "cert.pem"),
+        key=_q(folder / "key.pem"), crl=_q(crl) if crl.exists() else "null", host=host,
+        port=port, quarantine=_q(out_dir / "quarantine.jsonl"),
+        sinks="".join(sinks) or "  {}\n", routes=routes,
+    )  # fmt: skip
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    load_config(args.output)
+    print(f"wrote {args.output}; run it with: canvoy bridge run --config {args.output}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    bridge = Bridge(load_config(args.config))
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        bridge.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return bridge.run()
+
+
+def _redeliver(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    webhooks = {n: o for n, o in config.sinks.items() if o.get("type") == "webhook"}
+    if not webhooks:
+        raise ConfigError(f"{args.config} has no webhook sink")
+    failed_total = 0
+    for name, options in webhooks.items():
+        rest = {k: v for k, v in options.items() if k != "type"}
+        sink = WebhookSink(name, build(WebhookConfig, rest, f"sinks.{name}"))
+        done, failed = sink.redeliver()
+        sink.close()
+        print(f"{name}: {done} delivered, {failed} still failing")
+        failed_total += failed
+    return 1 if failed_total else 0

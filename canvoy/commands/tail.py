@@ -1,0 +1,105 @@
+"""``canvoy tail``: follow the fleet as an operator, verifying every envelope like the bridge."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import queue
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from bridge.records import Record, records
+from bridge.verify import Verifier
+from canvoy.commands.agent import parse_broker
+from transport.mqtt import Connection, Message
+from wire.errors import ConfigError, EnvelopeError
+from wire.keys import DeviceKeys
+from wire.tls import TlsFiles
+from wire.topics import PREFIX
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``canvoy tail``."""
+    parser = sub.add_parser(
+        "tail", help="follow devices' messages live, verified against the fleet CA",
+        description="Subscribes as an operator, verifies each envelope (certificate, signature, "
+        "body) and prints it. Keys are learned from the devices' retained birth messages.",
+    )  # fmt: skip
+    parser.add_argument("--certs", type=Path, required=True, help="fleet PKI directory")
+    parser.add_argument("--identity", required=True, metavar="operator/NAME")
+    parser.add_argument("--broker", default="localhost:8883", metavar="HOST:PORT")
+    parser.add_argument("--device", default="*", metavar="GLOB")
+    parser.add_argument("--kind", choices=("telemetry", "events", "status"))
+    parser.add_argument("--signal", metavar="GLOB", help="only these telemetry series")
+    parser.add_argument("--json", action="store_true", help="JSON Lines instead of a live view")
+    parser.add_argument("--count", type=int, help="exit after this many messages")
+    parser.set_defaults(func=_run)
+
+
+def _identity(args: argparse.Namespace) -> tuple[str, TlsFiles]:
+    kind, _, name = args.identity.partition("/")
+    if kind not in ("operator", "bridge") or not name:
+        raise ConfigError(f"--identity {args.identity!r} must be operator/NAME")
+    folder = args.certs / kind / name
+    return name, TlsFiles(ca=args.certs / "ca.pem", cert=folder / "cert.pem",
+                          key=folder / "key.pem")  # fmt: skip
+
+
+def _show(console: Console, record: Record, signal_glob: str | None) -> None:
+    d = record.data
+    head = f"[bold]{record.device}[/] {record.kind} #{d['seq']}"
+    if record.kind == "telemetry":
+        for key, series in d["series"].items():
+            if signal_glob and not fnmatch.fnmatchcase(key, signal_glob):
+                continue
+            console.print(f"{head} {key} = {series['v'][-1]}  ({len(series['v'])} samples)")
+    elif record.kind == "events":
+        console.print(f"{head} [red]{json.dumps(d['event'])}[/]")
+    else:
+        console.print(f"{head} {d['state']} agent {d['agent']} outbox {d['outbox']}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    name, tls = _identity(args)
+    host, port = parse_broker(args.broker)
+    crl = args.certs / "crl.pem"
+    keys = DeviceKeys(tls.ca.read_bytes(), crl.read_bytes() if crl.exists() else None)
+    verifier = Verifier(keys)
+    inbox: queue.Queue[Message] = queue.Queue()
+    conn = Connection(client_id=name, tls=tls.context(), on_message=inbox.put)
+    conn.connect(host, port)
+    kinds = [args.kind] if args.kind else ["telemetry", "events"]
+    topics = [(f"{PREFIX}/+/status", 1)] + [(f"{PREFIX}/+/{k}", 1) for k in kinds if k != "status"]
+    conn.subscribe(topics)
+    console = Console(stderr=False)
+    err = Console(stderr=True)
+    shown = 0
+    try:
+        while args.count is None or shown < args.count:
+            msg = inbox.get()
+            device, kind = msg.topic.split("/")[2], msg.topic.split("/")[3]
+            try:
+                verified = verifier.check(msg.topic, bytes(msg.payload), admit=False)
+            except EnvelopeError as exc:
+                err.print(f"[yellow]rejected[/] {msg.topic}: {exc.reason}: {exc}")
+                continue
+            if not fnmatch.fnmatchcase(device, args.device):
+                continue
+            if kind == "status" and args.kind != "status":
+                continue  # births teach keys; show them only when asked
+            for record in records(verified):
+                if args.json:
+                    sys.stdout.write(record.json() + "\n")
+                    sys.stdout.flush()
+                else:
+                    _show(console, record, args.signal)
+            shown += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        conn.close()
+    return 0
