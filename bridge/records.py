@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from bridge.verify import Verified
 from wire import body
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Record:
     """One thing to forward: a telemetry batch, one event, or a status change."""
 
@@ -19,9 +20,14 @@ class Record:
     kind: str
     data: dict[str, Any]
 
+    @cached_property
+    def text(self) -> str:
+        """The record as one line of JSON (encoded once, whatever number of sinks)."""
+        return json.dumps(self.data, separators=(",", ":"), default=str)
+
     def json(self) -> str:
         """The record as one line of JSON."""
-        return json.dumps(self.data, separators=(",", ":"), default=str)
+        return self.text
 
 
 def records(verified: Verified) -> list[Record]:
@@ -31,20 +37,20 @@ def records(verified: Verified) -> list[Record]:
         "device": e.device, "boot": e.boot.hex(), "seq": e.seq, "kind": e.kind,
         "created_ms": e.created_ms, "envelope": e.key, "digest": verified.signed.digest,
     }  # fmt: skip
-    content = verified.content
-    if e.kind == "telemetry":
-        batch = body.parse_telemetry(content)
+    parsed = verified.parsed
+    if isinstance(parsed, body.Telemetry):
+        batch = parsed
         series = {s.key: {"t_ms": list(s.times_ms), "v": list(s.values)} for s in batch.series}
         data = {**head, "key": e.key, "policy": batch.policy, "samples": batch.samples,
                 "series": series}  # fmt: skip
         return [Record(e.key, e.device, e.kind, data)]
-    if e.kind == "events":
+    if isinstance(parsed, list):
         out = []
-        for i, event in enumerate(body.parse_events(content)):
+        for i, event in enumerate(parsed):
             key = f"{e.key}:{i}"
             out.append(Record(key, e.device, e.kind, {**head, "key": key, "event": event}))
         return out
-    status = body.parse_status(content)
+    status = parsed
     data = {**head, "key": e.key, "state": status.state, "agent": status.agent,
             "policy": status.policy, "outbox": status.outbox_depth}  # fmt: skip
     return [Record(e.key, e.device, e.kind, data)]

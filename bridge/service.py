@@ -247,8 +247,11 @@ class Bridge:
     def _verify(self, conn: Connection, msg: Message, *, held: bool = False) -> _Item | None:
         try:
             verified = self.verifier.check(msg.topic, bytes(msg.payload))
-        except DuplicateError:
+        except DuplicateError as exc:
+            # Counted, not an error; noted in the quarantine log, which lists everything that
+            # arrived and was not forwarded.
             self.stats["duplicates"] += 1
+            self.quarantine.add(msg.topic, exc.reason, str(exc), bytes(msg.payload))
             self._ack(conn, msg)
             return None
         except UnknownDeviceError as exc:

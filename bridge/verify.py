@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,7 @@ class Verified:
     topic: str
     signed: SignedEnvelope
     content: dict[str, Any]
+    parsed: Parsed
 
     @property
     def key(self) -> str:
@@ -86,7 +88,8 @@ class ReplayWindow:
                 state[1].discard(seq)
 
 
-_PARSERS = {
+Parsed = body.Telemetry | list[dict[str, Any]] | body.Status
+_PARSERS: dict[str, Callable[[Mapping[str, Any]], Parsed]] = {
     "telemetry": body.parse_telemetry,
     "events": body.parse_events,
     "status": body.parse_status,
@@ -128,4 +131,4 @@ class Verifier:
         verify(signed, key.key)
         if admit and kind != "status":
             self.window.admit(device, e.boot, e.seq)
-        return Verified(topic, signed, content)
+        return Verified(topic, signed, content, result)

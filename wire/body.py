@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any, Literal
 
 import msgpack
@@ -21,6 +22,8 @@ MAX_BODY_BYTES = 4 * 1024 * 1024  # decompressed; a 128 KiB payload never needs 
 _ZSTD_LEVEL = 3
 _compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
 Scalar = int | float | str | bool
+_INT = frozenset({int})
+_SCALARS = frozenset({int, float, str, bool})
 
 
 def encode(content: Mapping[str, Any]) -> tuple[Encoding, bytes]:
@@ -131,16 +134,13 @@ def parse_telemetry(content: Mapping[str, Any]) -> Telemetry:
             raise MalformedError("a telemetry series must be [str, array, array]")
         if len(deltas) != len(values):
             raise MalformedError(f"series {key!r}: {len(deltas)} times but {len(values)} values")
-        times, last = [], t0
-        for d in deltas:
-            if type(d) is not int:
-                raise MalformedError(f"series {key!r}: a time delta is not an integer")
-            last += d
-            times.append(last)
-        for v in values:
-            if not isinstance(v, int | float | str):
-                raise MalformedError(f"series {key!r}: a value is {type(v).__name__}")
-        out.append(Series(key, tuple(times), tuple(values)))
+        # Type checks through map/set so that they run at C speed: batches hold many samples.
+        if not set(map(type, deltas)) <= _INT:
+            raise MalformedError(f"series {key!r}: a time delta is not an integer")
+        if not set(map(type, values)) <= _SCALARS:
+            raise MalformedError(f"series {key!r}: a value is not a number or a string")
+        times = tuple(accumulate(deltas, initial=t0))[1:]
+        out.append(Series(key, times, tuple(values)))
     return Telemetry(policy=policy, series=tuple(out))
 
 
