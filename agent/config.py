@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 
 from agent.batch import BatchConfig
 from agent.buses import BusConfig
+from agent.diagnostics import DiagnosticsConfig
 from agent.outbox import OutboxConfig
 from agent.publish import MqttConfig
 from wire.errors import ConfigError
@@ -33,6 +34,7 @@ class AgentConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     shutdown_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:

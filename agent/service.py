@@ -14,6 +14,7 @@ from typing import Any
 
 from agent.batch import Batcher
 from agent.config import AgentConfig, load_device_key
+from agent.diagnostics import DtcWatcher
 from agent.ingest import Ingest
 from agent.outbox import Outbox
 from agent.policy import load_policy
@@ -54,7 +55,8 @@ class Agent:
             page_limit=page_limit,
         )  # fmt: skip
         self.batcher = Batcher(config.batch, self.outbox.seal, self.policy.hash)
-        self.ingest = Ingest(config.buses, self.policy, self.batcher.add)
+        self.dtcs = DtcWatcher(config.diagnostics, self.batcher.add_events)
+        self.ingest = Ingest(config.buses, self.policy, self.dtcs.wrap(self.batcher.add))
         tls = client_context(ca=config.tls.ca, cert=config.tls.cert, key=config.tls.key)
         self.publisher = Publisher(
             config.mqtt, Identity(config.device, tls), self.outbox,

@@ -1,5 +1,5 @@
 """The subcommands; each module has ``add_parser(subparsers)`` that sets ``func``."""
 
-from canvoy.commands import agent, bridge, broker, certs, decode, tail
+from canvoy.commands import agent, bridge, broker, certs, decode, sim, tail
 
-COMMANDS = (certs, broker, decode, agent, bridge, tail)
+COMMANDS = (certs, broker, decode, agent, bridge, tail, sim)

@@ -1,0 +1,108 @@
+"""Diagnostic events from decoded signals: DTCs broadcast in a DBC message, as set/clear events.
+
+Signals named in ``diagnostics.dtc_signals`` carry SAE J2012 two-byte codes (0 = none). The set
+of active codes is the union of those signals' latest values per message; a code that appears
+is a ``set`` event, one that disappears a ``clear`` event (transitions, never repeats). Events
+carry the latest odometer and, when the policy collected it (consent), the location.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.collect import Sample
+from wire.dtc import decode_dtc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DiagnosticsConfig:
+    """Which signals carry diagnostics, and which give events their context."""
+
+    dtc_signals: tuple[str, ...] = ("*/DIAG_DTC/Dtc*",)
+    odometer: str = "*/INSTRUMENT/Odometer"
+    latitude: str = "*/GNSS_POSITION/Latitude"
+    longitude: str = "*/GNSS_POSITION/Longitude"
+
+
+class DtcWatcher:
+    """Watches samples on their way to the batcher and emits DTC events. Thread-safe."""
+
+    def __init__(
+        self, config: DiagnosticsConfig, emit_events: Callable[[list[Mapping[str, Any]]], None]
+    ) -> None:
+        self.config = config
+        self._emit_events = emit_events
+        self._lock = threading.Lock()
+        self._values: dict[str, dict[str, int]] = {}  # message path -> signal key -> raw code
+        self._active: dict[str, set[str]] = {}  # message path -> active codes
+        self._context: dict[str, float] = {}
+        self._is_dtc: dict[str, bool] = {}
+        self.events = 0
+
+    def _matches(self, key: str) -> bool:
+        known = self._is_dtc.get(key)
+        if known is None:
+            path = key.split("@", 1)[0]
+            known = self._is_dtc[key] = any(
+                fnmatch.fnmatchcase(path, p) for p in self.config.dtc_signals
+            )
+        return known
+
+    def observe(self, sample: Sample) -> None:
+        """Look at one sample; emit events when the active DTC set of its message changes."""
+        t, key, value = sample
+        c = self.config
+        path = key.split("@", 1)[0]
+        if fnmatch.fnmatchcase(path, c.odometer):
+            self._context["odometer_km"] = float(value)
+            return
+        if fnmatch.fnmatchcase(path, c.latitude):
+            self._context["lat"] = float(value)
+            return
+        if fnmatch.fnmatchcase(path, c.longitude):
+            self._context["lon"] = float(value)
+            return
+        if not self._matches(key) or isinstance(value, str):
+            return
+        message = key.rsplit("/", 1)[0]
+        with self._lock:
+            slots = self._values.setdefault(message, {})
+            slots[key] = int(value)
+            now = {code for raw in slots.values() if (code := decode_dtc(raw)) is not None}
+            before = self._active.get(message, set())
+            self._active[message] = now
+            changes = [(code, "set") for code in sorted(now - before)]
+            changes += [(code, "clear") for code in sorted(before - now)]
+        if changes:
+            self._emit_events([self._event(t, message, code, state) for code, state in changes])
+
+    def _event(self, t: float, message: str, code: str, state: str) -> dict[str, Any]:
+        event: dict[str, Any] = {
+            "type": "dtc", "t_ms": int(t * 1000), "code": code, "state": state,
+            "source": "dbc", "signal": message,
+        }  # fmt: skip
+        ctx = self._context
+        if "odometer_km" in ctx:
+            event["odometer_km"] = round(ctx["odometer_km"], 1)
+        if "lat" in ctx and "lon" in ctx:  # present only when the policy collects location
+            event["location"] = {"lat": ctx["lat"], "lon": ctx["lon"]}
+        self.events += 1
+        log.info("diagnostic event: %s %s at %s", code, state, message)
+        return event
+
+    def wrap(self, emit: Callable[[Sample], None]) -> Callable[[Sample], None]:
+        """An emit function that passes samples on and watches them."""
+        observe = self.observe
+
+        def both(sample: Sample) -> None:
+            emit(sample)
+            observe(sample)
+
+        return both

@@ -1,0 +1,150 @@
+"""``canvoy sim``: drive the demo vehicle live (run), into a log (record), or as a fleet (fleet)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import can
+
+from canvoy.commands.agent import parse_broker
+from certs import pki
+from simulator.emit import DEMO_DBC, DEMO_HV_DBC, Drive, record, run_live
+from simulator.fleet import VirtualDevice, drive_series
+from simulator.scenarios import load_scenario
+from transport.mqtt import Connection
+from wire.errors import ConfigError, PKIError, TransportError
+from wire.tls import client_context
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``canvoy sim`` and its subcommands."""
+    parser = sub.add_parser("sim", help="simulate the demo vehicle or a fleet")
+    sim_sub = parser.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--scenario", default="normal",
+                       help="normal, overheat, battery_ageing, intermittent_sensor, bus_noise "
+                            "or a scenario YAML file")  # fmt: skip
+        p.add_argument("--seed", type=int, default=1, help="the same seed gives the same drive")
+        p.add_argument(
+            "--dbc", type=Path, action="append",
+            help=f"databases (default: {DEMO_DBC.name} and {DEMO_HV_DBC.name})",
+        )  # fmt: skip
+
+    run = sim_sub.add_parser("run", help="send the drive onto a CAN bus at real time")
+    common(run)
+    run.add_argument("--interface", default="virtual", help="virtual, socketcan, ...")
+    run.add_argument("--channel", default="canvoy-demo", help="e.g. vcan0 or can0")
+    run.add_argument("--fd-channel", help="channel for the CAN FD bus (HV battery)")
+    run.add_argument("--duration", type=float, help="seconds (default: one drive cycle)")
+    run.add_argument("--speed", type=float, default=1.0, help="time factor (2 = twice as fast)")
+    run.set_defaults(func=_run)
+
+    rec = sim_sub.add_parser("record", help="write the drive to a log file as fast as possible")
+    common(rec)
+    rec.add_argument("-o", "--output", type=Path, required=True,
+                     help="log file: .blf .asc .log .csv .trc .mf4 .db")  # fmt: skip
+    rec.add_argument("--duration", type=float, help="seconds (default: one drive cycle)")
+    rec.set_defaults(func=_record)
+
+    fleet = sim_sub.add_parser("fleet", help="N vehicles publishing signed batches to a broker")
+    fleet.add_argument("--vehicles", type=int, required=True)
+    fleet.add_argument("--certs", type=Path, required=True, help="fleet PKI (devices are issued)")
+    fleet.add_argument("--broker", required=True, metavar="HOST:PORT")
+    fleet.add_argument("--duration", type=float, default=60.0)
+    fleet.add_argument("--signals", type=int, default=20, help="signals per vehicle")
+    fleet.add_argument("--prefix", default="sim", help="device ids are <prefix>-0001 ...")
+    fleet.set_defaults(func=_fleet)
+
+
+def _drive(args: argparse.Namespace) -> tuple[Drive, float]:
+    scenario = load_scenario(args.scenario)
+    databases = args.dbc or [DEMO_DBC, DEMO_HV_DBC]
+    duration = args.duration or scenario.duration_s
+    if duration <= 0:
+        raise ConfigError("--duration must be positive")
+    return Drive(scenario, seed=args.seed, databases=databases), duration
+
+
+def _record(args: argparse.Namespace) -> int:
+    drive, duration = _drive(args)
+    start = time.perf_counter()
+    try:
+        frames = record(drive, args.output, duration)
+    except ValueError as exc:
+        raise ConfigError(f"cannot write {args.output}: {exc}") from exc
+    faults = ", ".join(f"{code} {what} at {t:.1f} s" for t, code, what in drive.faults.history)
+    print(f"wrote {frames:,} frames ({duration:.0f} s of driving, scenario "
+          f"{drive.scenario.name}) to {args.output} in {time.perf_counter() - start:.1f} s"
+          + (f"; {faults}" if faults else ""))  # fmt: skip
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    drive, duration = _drive(args)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_a: stop.set())
+    signal.signal(signal.SIGINT, lambda *_a: stop.set())
+    try:
+        bus = can.Bus(interface=args.interface, channel=args.channel)
+        fd_bus = (can.Bus(interface=args.interface, channel=args.fd_channel, fd=True)
+                  if args.fd_channel else None)  # fmt: skip
+    except (can.CanError, OSError, ValueError) as exc:
+        raise ConfigError(
+            f"cannot open {args.interface}/{args.channel}: {exc} (see docs/CAN.md)"
+        ) from exc
+    try:
+        sent = run_live(drive, bus, fd_bus, duration, stop=stop, speed=args.speed)
+    finally:
+        bus.shutdown()
+        if fd_bus is not None:
+            fd_bus.shutdown()
+    print(f"sent {sent:,} frames on {args.interface}/{args.channel}")
+    return 0
+
+
+def _fleet(args: argparse.Namespace) -> int:
+    host, port = parse_broker(args.broker)
+    ca = pki.ca_cert_path(args.certs)
+    if not ca.exists():
+        raise PKIError(f"no fleet CA in {args.certs}: run 'canvoy certs init --certs {args.certs}'")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_a: stop.set())
+    signal.signal(signal.SIGINT, lambda *_a: stop.set())
+    vehicles: list[tuple[VirtualDevice, Connection]] = []
+    for i in range(1, args.vehicles + 1):
+        name = f"{args.prefix}-{i:04}"
+        folder = pki.identity_dir(args.certs, "device", name)
+        if not (folder / "cert.pem").exists():
+            pki.issue(args.certs, "device", name)
+        dev = VirtualDevice.from_pki(args.certs, name)
+        conn = Connection(client_id=name, tls=client_context(
+            ca=ca, cert=folder / "cert.pem", key=folder / "key.pem"))  # fmt: skip
+        conn.connect(host, port)
+        conn.publish(dev.topic("status"), dev.birth(), retain=True)
+        vehicles.append((dev, conn))
+    print(f"{len(vehicles)} vehicles connected; publishing one batch per vehicle per second")
+    sent = failed = 0
+    start = time.time()
+    second = 0
+    while not stop.is_set() and second < args.duration:
+        futures = [conn.publish(dev.topic("telemetry"),
+                                dev.telemetry(drive_series(start + second, 1.0, args.signals)))
+                   for dev, conn in vehicles]  # fmt: skip
+        for fut in futures:
+            try:
+                fut.result(30)
+                sent += 1
+            except (TransportError, TimeoutError):
+                failed += 1
+        second += 1
+        stop.wait(max(0.0, start + second - time.time()))
+    for _dev, conn in vehicles:
+        conn.close()
+    print(f"published {sent:,} batches ({failed} failed) from {len(vehicles)} vehicles")
+    return 1 if failed else 0
