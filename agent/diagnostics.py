@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class DiagnosticsConfig:
     """Which signals carry diagnostics, and which give events their context."""
 
-    dtc_signals: tuple[str, ...] = ("*/DIAG_DTC/Dtc*",)
+    dtc_signals: tuple[str, ...] = ("*/DIAG_DTC/Dtc[0-9]*",)
     odometer: str = "*/INSTRUMENT/Odometer"
     latitude: str = "*/GNSS_POSITION/Latitude"
     longitude: str = "*/GNSS_POSITION/Longitude"

@@ -1,0 +1,25 @@
+"""``canvoy demo``: broker, bridge and agent on a recorded overheat drive, end to end."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from canvoy.demo import run_demo
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``canvoy demo``."""
+    parser = sub.add_parser(
+        "demo", help="run the whole chain locally: a fault becomes a service-desk event"
+    )
+    parser.add_argument("--workdir", type=Path, default=Path("demo-run"),
+                        help="where the demo writes everything (recreated)")  # fmt: skip
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    return run_demo(args.workdir, Console(highlight=False, soft_wrap=True))

@@ -1,0 +1,259 @@
+"""``canvoy demo``: the whole chain on one machine, from a recorded overheat drive to a ticket.
+
+PKI -> Mosquitto (mutual TLS) -> bridge (JSON Lines, fleet republish, a local service-desk
+webhook) -> agent replaying the recorded ``overheat`` drive. Shows progress, then a summary, and
+stops everything it started.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from broker.config import BrokerSettings
+from broker.process import Broker
+from certs import pki
+from simulator.emit import DEMO_DBC, DEMO_HV_DBC, Drive, record
+from simulator.scenarios import load_scenario
+from wire.errors import CanvoyError
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICE, BRIDGE, OPERATOR = "demo-car-1", "demo-bridge", "demo-ops"
+DRIVE_S = 600.0
+SPEED = "x20"
+
+
+@dataclass
+class ServiceDesk:
+    """A stand-in for a CRM / service-order system: accepts webhooks and keeps them."""
+
+    received: list[dict[str, Any]] = field(default_factory=list)
+    server: ThreadingHTTPServer | None = None
+
+    def start(self) -> int:
+        """Listen on a free loopback port; return it."""
+        desk = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                desk.received.append({"key": self.headers.get("Idempotency-Key"),
+                                      "body": json.loads(data)})  # fmt: skip
+                self.send_response(201)
+                self.end_headers()
+
+            def log_message(self, *_args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        """Stop listening."""
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    def dtc_events(self) -> list[dict[str, Any]]:
+        """The DTC events the desk received (de-duplicated by Idempotency-Key)."""
+        seen: dict[str, dict[str, Any]] = {}
+        for item in self.received:
+            event = item["body"].get("event") or {}
+            if event.get("type") == "dtc":
+                seen[item["key"]] = item["body"]
+        return list(seen.values())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    except (OSError, ValueError):
+        return {}
+
+
+@contextmanager
+def _process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out, cwd=REPO)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise CanvoyError(f"demo: {what} did not happen within {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+def run_demo(workdir: Path, console: Console) -> int:
+    """Run the demo in ``workdir`` (recreated); return the exit code."""
+    workdir = workdir.resolve()
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    certs = workdir / "pki"
+    log = _prepare(workdir, certs, console)
+    port = _free_port()
+    with ExitStack() as stack:
+        broker = Broker(BrokerSettings(certs=certs, port=port, data=workdir / "broker"))
+        broker_log = stack.enter_context((workdir / "mosquitto.log").open("wb"))
+        broker.start(log=broker_log)
+        stack.callback(broker.stop)
+        desk = ServiceDesk()
+        desk_port = desk.start()
+        stack.callback(desk.stop)
+        console.print(f"[bold]3/5[/] Mosquitto on 127.0.0.1:{port} (mutual TLS); service desk "
+                      f"webhook on 127.0.0.1:{desk_port}")  # fmt: skip
+        bridge = _start_bridge(stack, workdir, certs, port, desk_port)
+        _run_agent(workdir, certs, port, log=log, desk=desk, console=console)
+        _wait(lambda: any(e["event"]["state"] == "clear" for e in desk.dtc_events()), 60,
+              "the DTC events reaching the service desk")  # fmt: skip
+        bridge.terminate()
+        bridge.wait(15)
+        _summary(console, workdir, desk, port)
+    return 0
+
+
+def _prepare(workdir: Path, certs: Path, console: Console) -> Path:
+    console.print("[bold]1/5[/] fleet PKI: CA, broker, device, bridge and operator certificates")
+    pki.init_ca(certs)
+    pki.issue(certs, "broker", "broker", hosts=["localhost", "127.0.0.1"])
+    pki.issue(certs, "device", DEVICE)
+    pki.issue(certs, "bridge", BRIDGE)
+    pki.issue(certs, "operator", OPERATOR)
+
+    console.print(f"[bold]2/5[/] recording a {DRIVE_S:.0f} s 'overheat' drive of the demo vehicle")
+    drive = Drive(load_scenario("overheat"), seed=7)
+    log = workdir / "overheat.blf"
+    frames = record(drive, log, DRIVE_S)
+    faults = ", ".join(f"{code} {what} at {t:.0f} s" for t, code, what in drive.faults.history)
+    console.print(f"      {frames:,} frames; scripted: {faults}")
+
+    return log
+
+
+def _start_bridge(
+    stack: ExitStack, workdir: Path, certs: Path, port: int, desk_port: int
+) -> subprocess.Popen[bytes]:
+    secret = workdir / "webhook-secret"
+    secret.write_text("demo-secret\n")
+    bridge_yaml = workdir / "bridge.yaml"
+    _canvoy("bridge", "init", "--certs", str(certs), "--identity", f"bridge/{BRIDGE}",
+            "--broker", f"127.0.0.1:{port}", "--jsonl", str(workdir / "records.jsonl"),
+            "--webhook", f"http://127.0.0.1:{desk_port}/orders",
+            "--webhook-secret-file", str(secret), "-o", str(bridge_yaml))  # fmt: skip
+    status = workdir / "bridge-status.json"
+    text = bridge_yaml.read_text().replace("status_file: null", f'status_file: "{status}"')
+    bridge_yaml.write_text(text)
+    bridge = stack.enter_context(_process(
+        [sys.executable, "-m", "canvoy", "bridge", "run", "--config", str(bridge_yaml)],
+        workdir / "bridge.log"))  # fmt: skip
+    _wait(lambda: bool(_read_json(status).get("connected")), 30, "bridge connected")
+    return bridge
+
+
+def _run_agent(
+    workdir: Path, certs: Path, port: int, *, log: Path, desk: ServiceDesk, console: Console
+) -> None:
+    agent_yaml = workdir / "agent.yaml"
+    _canvoy("agent", "init", "--device", DEVICE, "--certs", str(certs), "--broker",
+            f"127.0.0.1:{port}", "--dbc", str(DEMO_DBC), "--dbc", str(DEMO_HV_DBC),
+            "--replay", str(log), "--speed", SPEED, "--policy",
+            str(REPO / "dbc" / "demo_policy.yaml"), "--outbox",
+            str(workdir / "outbox.sqlite"), "-o", str(agent_yaml))  # fmt: skip
+    console.print(f"[bold]4/5[/] bridge and agent running; the agent replays the drive at "
+                  f"{SPEED[1:]}x real time")  # fmt: skip
+    agent_status = workdir / "outbox.sqlite.status.json"
+    bridge_status = workdir / "bridge-status.json"
+    cmd = [sys.executable, "-m", "canvoy", "agent", "run", "--config", str(agent_yaml),
+           "--exit-when-done"]  # fmt: skip
+    with _process(cmd, workdir / "agent.log") as agent:
+        last = ""
+        while agent.poll() is None:
+            line = _progress(_read_json(agent_status), _read_json(bridge_status), desk)
+            if line != last:
+                console.print(f"      {line}")
+                last = line
+            time.sleep(2.0)
+    if agent.returncode != 0:
+        raise CanvoyError(
+            f"demo: the agent exited with {agent.returncode}; see {workdir / 'agent.log'}"
+        )
+
+
+def _canvoy(*args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "canvoy", *args], capture_output=True,
+                          text=True, cwd=REPO, check=False)  # fmt: skip
+    if done.returncode != 0:
+        raise CanvoyError(f"demo: canvoy {' '.join(args[:2])} failed: {done.stderr.strip()}")
+
+
+def _progress(agent: dict[str, Any], bridge: dict[str, Any], desk: ServiceDesk) -> str:
+    frames = sum(b.get("frames", 0) for b in agent.get("buses", {}).values())
+    pub = agent.get("publisher", {})
+    forwarded = bridge.get("counts", {}).get("forwarded", 0)
+    events = len(desk.dtc_events())
+    return (f"frames {frames:>9,} | acknowledged {pub.get('acked', 0):>3} | "
+            f"bridge forwarded {forwarded:>3} | service desk: {events} DTC event(s)")  # fmt: skip
+
+
+def _summary(console: Console, workdir: Path, desk: ServiceDesk, port: int) -> None:
+    agent = _read_json(workdir / "outbox.sqlite.status.json")
+    bridge = _read_json(workdir / "bridge-status.json").get("counts", {})
+    buses = agent.get("buses", {}).values()
+    pub = agent.get("publisher", {})
+    batches = agent.get("batches", {})
+    console.print("[bold]5/5[/] summary")
+    console.print(f"      frames read          {sum(b.get('frames', 0) for b in buses):,}")
+    console.print(f"      frames decoded       {sum(b.get('decoded', 0) for b in buses):,}")
+    console.print(f"      samples collected    {batches.get('samples', 0):,}")
+    console.print(f"      envelopes signed     {pub.get('published', 0)} "
+                  f"({batches.get('batches', 0)} telemetry batches, "
+                  f"{batches.get('events', 0)} events)")  # fmt: skip
+    console.print(f"      acknowledged         {pub.get('acked', 0)} by the broker")
+    console.print(f"      bytes sent           {pub.get('bytes_acked', 0):,}")
+    console.print(f"      envelopes verified   {bridge.get('verified', 0)} by the bridge, "
+                  f"{bridge.get('forwarded', 0)} forwarded")  # fmt: skip
+    for body in desk.dtc_events():
+        e = body["event"]
+        where = f", at {e['location']['lat']}, {e['location']['lon']}" if "location" in e else ""
+        console.print(
+            f"      [bold red]service desk[/] {e['code']} {e['state']} on {body['device']} "
+            f"(odometer {e.get('odometer_km', '?')} km{where}), envelope {body['envelope']}"
+        )
+    console.print("\nAn operator follows the fleet live with (while a broker runs):")
+    console.print(f"  canvoy tail --certs {workdir / 'pki'} --identity operator/{OPERATOR} "
+                  f"--broker 127.0.0.1:{port}")  # fmt: skip
+    console.print(f"Everything the demo made is in {workdir}.")
