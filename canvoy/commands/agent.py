@@ -126,7 +126,7 @@ def _init(args: argparse.Namespace) -> int:
         if not needed.exists():
             raise ConfigError(
                 f"{needed} does not exist: issue the device first with "
-                f"'canvoy certs issue --certs {args.certs} device {device}'"
+                f"'canvoy certs issue device {device} --dir {args.certs}'"
             )
     if args.output.exists() and not args.force:
         raise ConfigError(f"{args.output} exists: pass --force to overwrite it")

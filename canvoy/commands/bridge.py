@@ -90,7 +90,7 @@ def _init(args: argparse.Namespace) -> int:
         if not needed.exists():
             raise ConfigError(
                 f"{needed} does not exist: issue it with "
-                f"'canvoy certs issue --certs {args.certs} bridge {name}'"
+                f"'canvoy certs issue bridge {name} --dir {args.certs}'"
             )
     if args.output.exists() and not args.force:
         raise ConfigError(f"{args.output} exists: pass --force to overwrite it")

@@ -112,7 +112,7 @@ def _fleet(args: argparse.Namespace) -> int:
     host, port = parse_broker(args.broker)
     ca = pki.ca_cert_path(args.certs)
     if not ca.exists():
-        raise PKIError(f"no fleet CA in {args.certs}: run 'canvoy certs init --certs {args.certs}'")
+        raise PKIError(f"no fleet CA in {args.certs}: run 'canvoy certs init --dir {args.certs}'")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_a: stop.set())
     signal.signal(signal.SIGINT, lambda *_a: stop.set())
