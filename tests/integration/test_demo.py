@@ -1,0 +1,27 @@
+"""``canvoy demo`` end to end: the overheat DTC reaches the service desk; nothing is left."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.agentkit import REPO
+
+
+def test_demo_delivers_the_dtc_and_cleans_up(tmp_path: Path) -> None:
+    workdir = tmp_path / "demo"
+    done = subprocess.run(
+        [sys.executable, "-m", "canvoy", "demo", "--workdir", str(workdir)],
+        capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "service desk P0217 set on demo-car-1" in out
+    assert "service desk P0217 clear on demo-car-1" in out
+    assert "canvoy tail --certs" in out
+    left = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True,
+                          check=False)  # fmt: skip
+    assert left.stdout.strip() == "", f"processes left running: {left.stdout}"
+    records = (workdir / "records.jsonl").read_text().splitlines()
+    assert len(records) > 10
