@@ -98,11 +98,15 @@ class Batcher:
             if self._count >= self.config.max_samples or self._bytes >= self.config.max_bytes:
                 self._close()
 
-    def add_events(self, events: list[Mapping[str, Any]]) -> None:
-        """Seal events at once, in their own envelope: they never wait behind telemetry."""
+    def add_events(self, events: list[Mapping[str, Any]]) -> int | None:
+        """Seal events at once, in their own envelope: they never wait behind telemetry.
+
+        Returns the envelope's sequence number (None if it could not be stored).
+        """
         encoding, data = body.encode(body.events_content(events))
-        self._seal("events", encoding, data)
+        seq = self._seal("events", encoding, data)
         self.stats.events += len(events)
+        return seq if isinstance(seq, int) else None
 
     def tick(self) -> None:
         """Close the open batch if it is older than ``max_interval_s``."""

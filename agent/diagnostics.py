@@ -29,13 +29,16 @@ class DiagnosticsConfig:
     odometer: str = "*/INSTRUMENT/Odometer"
     latitude: str = "*/GNSS_POSITION/Latitude"
     longitude: str = "*/GNSS_POSITION/Longitude"
+    receipt_deadline_s: float = 300.0  # an event not confirmed by a bridge by then is overdue
 
 
 class DtcWatcher:
     """Watches samples on their way to the batcher and emits DTC events. Thread-safe."""
 
     def __init__(
-        self, config: DiagnosticsConfig, emit_events: Callable[[list[Mapping[str, Any]]], None]
+        self,
+        config: DiagnosticsConfig,
+        emit_events: Callable[[list[Mapping[str, Any]]], int | None],
     ) -> None:
         self.config = config
         self._emit_events = emit_events
@@ -44,6 +47,7 @@ class DtcWatcher:
         self._active: dict[str, set[str]] = {}  # message path -> active codes
         self._context: dict[str, float] = {}
         self._is_dtc: dict[str, bool] = {}
+        self._opened: dict[str, int] = {}  # code -> sequence number of the envelope that set it
         self.events = 0
 
     def _matches(self, key: str) -> bool:
@@ -81,13 +85,23 @@ class DtcWatcher:
             changes = [(code, "set") for code in sorted(now - before)]
             changes += [(code, "clear") for code in sorted(before - now)]
         if changes:
-            self._emit_events([self._event(t, message, code, state) for code, state in changes])
+            events: list[Mapping[str, Any]] = [
+                self._event(t, message, code, state) for code, state in changes
+            ]
+            seq = self._emit_events(events)
+            with self._lock:
+                for code, state in changes:
+                    if state == "set" and seq is not None:
+                        self._opened[code] = seq
 
     def _event(self, t: float, message: str, code: str, state: str) -> dict[str, Any]:
         event: dict[str, Any] = {
             "type": "dtc", "t_ms": int(t * 1000), "code": code, "state": state,
             "source": "dbc", "signal": message,
         }  # fmt: skip
+        opened = self._opened.pop(code, None) if state == "clear" else None
+        if opened is not None:
+            event["opened_seq"] = opened  # the envelope that opened this episode
         ctx = self._context
         if "odometer_km" in ctx:
             event["odometer_km"] = round(ctx["odometer_km"], 1)

@@ -21,8 +21,9 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from wire import body
 from wire.envelope import Encoding, Envelope, sign
-from wire.errors import ConfigError, OversizeError, StoreError
+from wire.errors import ConfigError, EnvelopeError, OversizeError, StoreError
 from wire.topics import Kind
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outbox_order ON outbox (priority, seq);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY,
+    boot TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    summary TEXT NOT NULL,
+    acked_ms INTEGER,
+    delivered_ms INTEGER
+);
 CREATE TABLE IF NOT EXISTS rejected (
     seq INTEGER PRIMARY KEY,
     kind TEXT NOT NULL,
@@ -93,6 +102,7 @@ class OutboxStatus:
     oldest_ms: int | None
     rejected: int
     counters: dict[str, int]
+    events_log: tuple[EventStatus, ...] = ()
 
 
 def _now_ms() -> int:
@@ -240,6 +250,11 @@ class Outbox:
             (seq, PRIORITY.get(kind, 0), kind, created, len(payload), payload),
         )
         db.execute("UPDATE meta SET value = ? WHERE name = 'next_seq'", (seq + 1,))
+        if kind == "events":
+            db.execute(
+                "INSERT INTO events (seq, boot, created_ms, summary) VALUES (?, ?, ?, ?)",
+                (seq, self.boot.hex(), created, _summary(data, encoding)),
+            )
         db.execute("COMMIT")
         self._bytes += len(payload)
         return seq
@@ -367,8 +382,13 @@ class Outbox:
                     seqs,
                 ).fetchone()[0]
                 db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
+                now = _now_ms()
                 db.execute("UPDATE meta SET value = value + ? WHERE name = 'acked'", (len(seqs),))
-                db.execute("UPDATE meta SET value = ? WHERE name = 'last_ack_ms'", (_now_ms(),))
+                db.execute("UPDATE meta SET value = ? WHERE name = 'last_ack_ms'", (now,))
+                db.executemany(
+                    "UPDATE events SET acked_ms = ? WHERE seq = ? AND acked_ms IS NULL",
+                    [(now, s) for s in seqs],
+                )
                 db.execute("COMMIT")
                 self._bytes -= int(sizes)
             except sqlite3.Error as exc:
@@ -401,6 +421,31 @@ class Outbox:
             "broker refused envelope %d (reason 0x%02X %s): kept in 'rejected'", seq, code, reason
         )
 
+    def record_receipt(self, keys: list[str], delivered_ms: int) -> int:
+        """Mark events a bridge confirmed as durably forwarded; return how many were known.
+
+        ``keys`` are ``device:boot:seq[:index]`` idempotency keys.
+        """
+        marks = []
+        for key in keys:
+            parts = key.split(":")
+            if len(parts) >= 3 and parts[0] == self.device and parts[2].isdigit():
+                marks.append((delivered_ms, int(parts[2]), parts[1]))
+        if not marks:
+            return 0
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "UPDATE events SET delivered_ms = ? WHERE seq = ? AND boot = ?", marks
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                log.error("outbox: cannot record a delivery receipt: %s", exc)
+                return 0
+        return len(marks)
+
     def depth(self) -> int:
         """Rows waiting to be sent."""
         with self._lock:
@@ -421,6 +466,38 @@ class Outbox:
             self._db.close()
 
 
+def _summary(data: bytes, encoding: Encoding) -> str:
+    """A short text for an events envelope: its DTC codes and states."""
+    try:
+        events = body.parse_events(body.decode(encoding, data))
+    except EnvelopeError:
+        return "?"
+    parts = [f"{e.get('code', e.get('name', e['type']))} {e.get('state', '')}".strip()
+             for e in events]  # fmt: skip
+    return ", ".join(parts) or "-"
+
+
+@dataclass(frozen=True, slots=True)
+class EventStatus:
+    """One events envelope and what became of it."""
+
+    seq: int
+    created_ms: int
+    summary: str
+    acked_ms: int | None
+    delivered_ms: int | None
+
+
+def read_events(db: sqlite3.Connection, limit: int = 50) -> list[EventStatus]:
+    """The newest events envelopes with their acknowledgement and delivery times."""
+    rows = db.execute(
+        "SELECT seq, created_ms, summary, acked_ms, delivered_ms FROM events "
+        "ORDER BY seq DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    return [EventStatus(*row) for row in reversed(rows)]
+
+
 def read_status(db: sqlite3.Connection) -> OutboxStatus:
     """Read the status of an outbox through any connection (the agent's or a read-only one)."""
     depth, size, oldest = db.execute(
@@ -432,6 +509,7 @@ def read_status(db: sqlite3.Connection) -> OutboxStatus:
     return OutboxStatus(
         depth=int(depth), bytes=int(size), events=int(events), oldest_ms=oldest,
         rejected=int(rejected), counters={k: int(v) for k, v in counters.items()},
+        events_log=tuple(read_events(db)),
     )  # fmt: skip
 
 

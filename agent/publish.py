@@ -8,6 +8,7 @@ the outbox and are sent again, with identical bytes, on the next connection.
 
 from __future__ import annotations
 
+import json
 import logging
 import ssl
 import threading
@@ -25,11 +26,13 @@ from tenacity import (
 )
 
 from agent.outbox import Outbox, Row
-from transport.mqtt import Connection, Will
+from transport.mqtt import Connection, Message, Will
+from wire import body
 from wire.errors import (
     ConfigError,
     ConnectionLostError,
     ConnectRefusedError,
+    EnvelopeError,
     PublishRefusedError,
     TransportError,
 )
@@ -39,6 +42,7 @@ log = logging.getLogger(__name__)
 
 AWS_MAX_PUBLISHES_PER_S = 100
 AWS_MAX_BYTES_PER_S = 512 * 1024
+RECEIPT_SESSION_S = 7 * 24 * 3600
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -105,6 +109,7 @@ class PublishStats:
     bytes_acked: int = 0
     refused: int = 0
     lost_connections: int = 0
+    receipts: int = 0
     last_error: str = ""
 
 
@@ -240,8 +245,13 @@ class Publisher:
         conn = Connection(
             client_id=device,
             tls=self.identity.tls,
+            # A session keeps receipts that bridges send while the vehicle is offline. Our own
+            # publishes never rely on it: unacknowledged rows are re-sent from the outbox.
+            clean_start=False,
+            session_expiry_s=RECEIPT_SESSION_S,
             will=Will(topic=status_topic, payload=self._will()),
             max_inflight=self.config.max_inflight,
+            on_message=self._on_receipt,
         )
         connack = conn.connect(
             self.config.host, self.config.port,
@@ -251,12 +261,22 @@ class Publisher:
         self.stats.connects += 1
         self.stats.last_error = ""
         self._window = max(1, min(self.config.max_inflight, connack.receive_maximum))
+        conn.subscribe([(topic(device, "receipts"), 1)])
         conn.publish(status_topic, self._birth(), retain=True)
         log.info(
             "connected to %s:%d as %s (window %d)",
             self.config.host, self.config.port, device, self._window,
         )  # fmt: skip
         return conn
+
+    def _on_receipt(self, msg: Message) -> None:
+        """A bridge confirms events as durably forwarded (only bridges may publish here)."""
+        try:
+            keys, delivered_ms = body.parse_receipts(json.loads(msg.payload))
+        except (ValueError, TypeError, AttributeError, EnvelopeError) as exc:
+            log.warning("ignoring a malformed receipt on %s: %s", msg.topic, exc)
+            return
+        self.stats.receipts += self.outbox.record_receipt(keys, delivered_ms)
 
     def _pump(self, conn: Connection) -> None:
         device = self.identity.device

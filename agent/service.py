@@ -103,10 +103,22 @@ class Agent:
                 if on_tick is not None:
                     on_tick()
                 if exit_when_done and self.ingest.replays_done():
+                    self._await_receipts()
                     break
         finally:
             self.shutdown()
         return 0
+
+    def _await_receipts(self, timeout_s: float = 15.0) -> None:
+        """Before a replay run exits: seal the last batch and wait a little for the bridges'
+        receipts of its events, so that ``canvoy agent status`` can show them delivered."""
+        self.batcher.flush()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self._stop.is_set():
+            log_ = self.outbox.status().events_log
+            if all(e.delivered_ms is not None for e in log_):
+                return
+            self._stop.wait(0.2)
 
     def shutdown(self) -> None:
         """Stop ingest, seal the open batch, wait for acknowledgements, say goodbye."""

@@ -9,12 +9,13 @@ from typing import Any
 
 import yaml
 
+from bridge.tickets import ServiceRule
 from wire.errors import ConfigError
 from wire.ids import check_id
 from wire.schema import build
 from wire.tls import TlsFiles
 
-ROUTABLE = ("telemetry", "events", "status")
+ROUTABLE = ("telemetry", "events", "status", "tickets")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -45,6 +46,7 @@ class BridgeConfig:
     status_file: Path | None = None
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)
     routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    service_rules: tuple[ServiceRule, ...] = ()
     receipts: bool = True
 
     def __post_init__(self) -> None:

@@ -24,6 +24,7 @@ from bridge.config import BridgeConfig
 from bridge.quarantine import Quarantine
 from bridge.records import Record, records
 from bridge.sinks.base import Sink, SinkContext, build_sink
+from bridge.tickets import Ticketing
 from bridge.verify import ReplayWindow, Verified, Verifier
 from transport.mqtt import Connection, Message
 from wire import body
@@ -91,6 +92,7 @@ class Bridge:
         self.routes: dict[str, list[Sink]] = {
             kind: [self.sinks[n] for n in names] for kind, names in config.routes.items()
         }
+        self.ticketing = Ticketing(config.service_rules)
         self.stats: Counter[str] = Counter()
         self._queue: queue.Queue[tuple[Connection, Message]] = queue.Queue()
         self._held: list[_Held] = []
@@ -298,6 +300,9 @@ class Bridge:
             for kind, sinks in self.routes.items():
                 chosen = [r for i in items if i.verified.signed.envelope.kind == kind
                           for r in i.records]  # fmt: skip
+                if kind == "tickets":
+                    chosen = [t for i in items for t in self.ticketing.tickets(i.verified)]
+                    self.stats["tickets"] += len(chosen)
                 if chosen:
                     for sink in sinks:
                         self._deliver(sink, chosen)

@@ -69,12 +69,11 @@ class ServiceDesk:
             self.server.shutdown()
             self.server.server_close()
 
-    def dtc_events(self) -> list[dict[str, Any]]:
-        """The DTC events the desk received (de-duplicated by Idempotency-Key)."""
+    def tickets(self) -> list[dict[str, Any]]:
+        """The service tickets the desk received (de-duplicated by Idempotency-Key)."""
         seen: dict[str, dict[str, Any]] = {}
         for item in self.received:
-            event = item["body"].get("event") or {}
-            if event.get("type") == "dtc":
+            if "ticket_id" in item["body"]:
                 seen[item["key"]] = item["body"]
         return list(seen.values())
 
@@ -138,8 +137,8 @@ def run_demo(workdir: Path, console: Console) -> int:
                       f"webhook on 127.0.0.1:{desk_port}")  # fmt: skip
         bridge = _start_bridge(stack, workdir, certs, port, desk_port)
         _run_agent(workdir, certs, port, log=log, desk=desk, console=console)
-        _wait(lambda: any(e["event"]["state"] == "clear" for e in desk.dtc_events()), 60,
-              "the DTC events reaching the service desk")  # fmt: skip
+        _wait(lambda: any(t["status"] == "closed" for t in desk.tickets()), 60,
+              "the service ticket reaching the service desk")  # fmt: skip
         bridge.terminate()
         bridge.wait(15)
         _summary(console, workdir, desk, port)
@@ -213,6 +212,17 @@ def _run_agent(
         )
 
 
+def _events_report(workdir: Path) -> list[str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "canvoy", "agent", "status", "--config",
+         str(workdir / "agent.yaml")], capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    lines = done.stdout.splitlines()
+    return (
+        [line.strip() for line in lines[lines.index("events") + 1 :]] if "events" in lines else []
+    )
+
+
 def _canvoy(*args: str) -> None:
     done = subprocess.run([sys.executable, "-m", "canvoy", *args], capture_output=True,
                           text=True, cwd=REPO, check=False)  # fmt: skip
@@ -224,9 +234,9 @@ def _progress(agent: dict[str, Any], bridge: dict[str, Any], desk: ServiceDesk) 
     frames = sum(b.get("frames", 0) for b in agent.get("buses", {}).values())
     pub = agent.get("publisher", {})
     forwarded = bridge.get("counts", {}).get("forwarded", 0)
-    events = len(desk.dtc_events())
+    tickets = len(desk.tickets())
     return (f"frames {frames:>9,} | acknowledged {pub.get('acked', 0):>3} | "
-            f"bridge forwarded {forwarded:>3} | service desk: {events} DTC event(s)")  # fmt: skip
+            f"bridge forwarded {forwarded:>3} | service desk: {tickets} ticket update(s)")  # fmt: skip
 
 
 def _summary(console: Console, workdir: Path, desk: ServiceDesk, port: int) -> None:
@@ -246,13 +256,20 @@ def _summary(console: Console, workdir: Path, desk: ServiceDesk, port: int) -> N
     console.print(f"      bytes sent           {pub.get('bytes_acked', 0):,}")
     console.print(f"      envelopes verified   {bridge.get('verified', 0)} by the bridge, "
                   f"{bridge.get('forwarded', 0)} forwarded")  # fmt: skip
-    for body in desk.dtc_events():
-        e = body["event"]
-        where = f", at {e['location']['lat']}, {e['location']['lon']}" if "location" in e else ""
+    for t in desk.tickets():
+        where = (f", at {t['location']['lat']}, {t['location']['lon']}"
+                 if t.get("location") else "")  # fmt: skip
+        dtc = t["dtcs"][0]
         console.print(
-            f"      [bold red]service desk[/] {e['code']} {e['state']} on {body['device']} "
-            f"(odometer {e.get('odometer_km', '?')} km{where}), envelope {body['envelope']}"
+            f"      [bold red]service ticket[/] {t['ticket_id']} {t['status']}: {dtc['code']} "
+            f"{dtc['description']} ({t['severity']}; odometer {t.get('odometer_km')} km{where}); "
+            f"evidence {t['evidence'][0]['envelope']}"
         )
+    events = _events_report(workdir)
+    if events:
+        console.print("      the agent's view (canvoy agent status):")
+        for line in events:
+            console.print(f"        {line}")
     console.print("\nAn operator follows the fleet live with (while a broker runs):")
     console.print(f"  canvoy tail --certs {workdir / 'pki'} --identity operator/{OPERATOR} "
                   f"--broker 127.0.0.1:{port}")  # fmt: skip

@@ -35,7 +35,8 @@ class MqttSink:
         Raises:
             SinkError: a publish was refused or the connection dropped.
         """
-        kinds: dict[str, Kind] = {"telemetry": "telemetry", "events": "events", "status": "status"}
+        kinds: dict[str, Kind] = {"telemetry": "telemetry", "events": "events", "status": "status",
+                                  "tickets": "events"}  # fmt: skip
         futures = [
             self._publish(fleet_topic(r.device, kinds[r.kind]), r.json().encode()) for r in records
         ]

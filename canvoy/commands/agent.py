@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import load_config
-from agent.outbox import open_status
+from agent.outbox import EventStatus, open_status
 from agent.service import Agent, status_path
 from agent.source import parse_speed
 from wire.errors import ConfigError
@@ -178,6 +178,23 @@ def _age(ms: int | None, now_ms: int) -> str:
     return f"{(now_ms - ms) / 1000:.1f} s ago"
 
 
+def _clock(ms: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+def _event_state(e: EventStatus, now: int, deadline_ms: float, error: str | None) -> str:
+    if e.delivered_ms is not None:
+        return f"delivered at {_clock(e.delivered_ms)}"
+    text = f"pending since {_clock(e.created_ms)}"
+    if now - e.created_ms <= deadline_ms:
+        return text
+    if e.acked_ms is None:
+        reason = "not yet accepted by the broker" + (f": {error}" if error else "")
+    else:
+        reason = f"accepted by the broker at {_clock(e.acked_ms)}, no bridge receipt yet"
+    return f"{text}, OVERDUE ({reason})"
+
+
 def _status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     outbox = open_status(config.outbox.path)
@@ -195,6 +212,13 @@ def _status(args: argparse.Namespace) -> int:
             "device": config.device, "depth": outbox.depth, "bytes": outbox.bytes,
             "events_pending": outbox.events, "oldest_unsent_ms": outbox.oldest_ms,
             "rejected": outbox.rejected, "counters": c, "agent": live,
+            "events": [
+                {"seq": e.seq, "summary": e.summary, "created_ms": e.created_ms,
+                 "acked_ms": e.acked_ms, "delivered_ms": e.delivered_ms,
+                 "state": _event_state(e, now, config.diagnostics.receipt_deadline_s * 1000,
+                                       live.get("publisher", {}).get("last_error"))}
+                for e in outbox.events_log
+            ],
         }  # fmt: skip
         print(json.dumps(report, indent=2))
         return 0
@@ -219,5 +243,12 @@ def _status(args: argparse.Namespace) -> int:
     error = live.get("publisher", {}).get("last_error") if running else None
     if error:
         lines.append(f"last error        {error}")
+    if outbox.events_log:
+        lines.append("events")
+        deadline_ms = config.diagnostics.receipt_deadline_s * 1000
+        for e in outbox.events_log:
+            lines.append(
+                f"  #{e.seq:<6} {e.summary:<28} {_event_state(e, now, deadline_ms, error)}"
+            )
     sys.stdout.write("\n".join(lines) + "\n")
     return 0

@@ -45,7 +45,15 @@ receipts: true              # publish delivery receipts for events to canvoy/v1/
 sinks:
 {sinks}
 routes:
-{routes}"""
+{routes}
+# Which diagnostic codes (globs) become service tickets on the 'tickets' route.
+service_rules:
+  - {{match: "P0217", severity: high, title: "Engine overheating",
+     action: "Stop the vehicle safely; check coolant level, fan and thermostat before driving on"}}
+  - {{match: "P056*", severity: medium, title: "Battery or charging voltage",
+     action: "Test the 12 V battery and alternator at the next service"}}
+  - {{match: "*", severity: low, title: "", action: "Read the fault memory at the next service"}}
+"""
 
 
 def add_parser(sub: Any) -> None:
@@ -97,7 +105,10 @@ def _init(args: argparse.Namespace) -> int:
     if bool(args.webhook) != bool(args.webhook_secret_file):
         raise ConfigError("--webhook and --webhook-secret-file go together")
     out_dir = args.output.resolve().parent
-    sinks, telemetry, events = [], [], []
+    sinks: list[str] = []
+    telemetry: list[str] = []
+    events: list[str] = []
+    tickets: list[str] = []
     if args.jsonl:
         sinks.append(f"  files:\n    type: jsonl\n    path: {_q(args.jsonl)}\n"
                      "    max_bytes: 104857600     # rotate at 100 MiB\n    keep: 5\n")  # fmt: skip
@@ -110,7 +121,7 @@ def _init(args: argparse.Namespace) -> int:
             f"    dead_letter: {_q(out_dir / 'dead-letter')}\n"
             "    max_elapsed_s: 300.0       # then the dead-letter directory\n"
         )
-        events.append("desk")
+        tickets.append("desk")
     if not args.no_fleet:
         sinks.append("  fleet:\n    type: mqtt              # fleet/v1/<device>/<kind>\n")
         telemetry.append("fleet")
@@ -120,7 +131,10 @@ def _init(args: argparse.Namespace) -> int:
                      "    stream: CANVOY\n")  # fmt: skip
         telemetry.append("stream")
         events.append("stream")
-    routes = f"  telemetry: [{', '.join(telemetry)}]\n  events: [{', '.join(events)}]\n"
+    routes = (
+        f"  telemetry: [{', '.join(telemetry)}]\n  events: [{', '.join(events)}]\n"
+        f"  tickets: [{', '.join(tickets)}]              # service orders for the desk"
+    )
     crl = args.certs / "crl.pem"
     text = TEMPLATE.format(
         name=name, ca=_q(args.certs / "ca.pem"), cert=_q(folder / "cert.pem"),

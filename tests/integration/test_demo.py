@@ -17,8 +17,12 @@ def test_demo_delivers_the_dtc_and_cleans_up(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
-    assert "service desk P0217 set on demo-car-1" in out
-    assert "service desk P0217 clear on demo-car-1" in out
+    # Exactly one ticket for the P0217 episode, opened and then closed.
+    tickets = {line.split()[2] for line in out.splitlines() if "service ticket" in line}
+    assert len(tickets) == 1 and next(iter(tickets)).startswith("demo-car-1:P0217:")
+    assert " open: P0217" in out and " closed: P0217" in out
+    # The agent knows both events reached the service desk's side.
+    assert "P0217 set" in out and out.count("delivered at") == 2
     assert "canvoy tail --certs" in out
     left = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True,
                           check=False)  # fmt: skip
