@@ -236,7 +236,7 @@ def _progress(agent: dict[str, Any], bridge: dict[str, Any], desk: ServiceDesk) 
     forwarded = bridge.get("counts", {}).get("forwarded", 0)
     tickets = len(desk.tickets())
     return (f"frames {frames:>9,} | acknowledged {pub.get('acked', 0):>3} | "
-            f"bridge forwarded {forwarded:>3} | service desk: {tickets} ticket update(s)")  # fmt: skip
+            f"bridge forwarded {forwarded:>3} | service desk: {tickets} ticket update(s)")  # fmt: skip  # noqa: E501
 
 
 def _summary(console: Console, workdir: Path, desk: ServiceDesk, port: int) -> None:
