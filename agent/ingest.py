@@ -25,9 +25,31 @@ class Channel:
 
     config: BusConfig
     collector: Collector
+    listener: can.Listener
     supervisor: BusSupervisor | None = None
     replay: ReplayStats | None = None
     thread: threading.Thread | None = None
+
+
+class _Tee(can.Listener):
+    """The collector first, then every tap; a tap's failure never reaches the bus."""
+
+    def __init__(self, collector: Collector, taps: list[can.Listener]) -> None:
+        self.collector = collector
+        self.taps = taps
+        self.tap_errors = 0
+
+    def on_message_received(self, msg: can.Message) -> None:
+        self.collector.on_message_received(msg)
+        for tap in self.taps:
+            try:
+                tap.on_message_received(msg)
+            except Exception as exc:  # a diagnostic decoder must not stop ingest
+                self.tap_errors += 1
+                log.debug("tap %s failed on a frame: %s", type(tap).__name__, exc)
+
+    def on_error(self, exc: Exception) -> None:
+        self.collector.on_error(exc)
 
 
 class Ingest:
@@ -43,7 +65,10 @@ class Ingest:
         policy: Policy,
         emit: Callable[[Sample], None],
         on_unknown: Callable[[can.Message], None] | None = None,
+        taps: Callable[[BusConfig, bool], list[can.Listener]] | None = None,
     ) -> None:
+        """``taps(bus, is_j1939)`` gives extra listeners that see every raw frame of a bus
+        (J1939 DM1 and transport-protocol reassembly)."""
         self._stop = threading.Event()
         self.channels: list[Channel] = []
         for bus in buses:
@@ -51,14 +76,16 @@ class Ingest:
             collector = Collector(
                 bus=bus.name, index=index, policy=policy, emit=emit, on_unknown=on_unknown
             )
-            channel = Channel(config=bus, collector=collector)
+            extra = taps(bus, index.j1939) if taps is not None else []
+            listener: can.Listener = _Tee(collector, extra) if extra else collector
+            channel = Channel(config=bus, collector=collector, listener=listener)
             if bus.interface is not None and bus.channel is not None:
                 filters = driver_filters(index) if bus.filters == "auto" else None
                 opener = partial(
                     open_bus, interface=bus.interface, channel=bus.channel, bitrate=bus.bitrate,
                     fd=bus.fd, filters=filters, options=bus.options,
                 )  # fmt: skip
-                channel.supervisor = BusSupervisor(bus.name, collector, opener)
+                channel.supervisor = BusSupervisor(bus.name, listener, opener)
             else:
                 channel.replay = ReplayStats()
                 channel.thread = threading.Thread(
@@ -90,7 +117,7 @@ class Ingest:
     def _replay(self, channel: Channel) -> None:
         bus = channel.config
         assert bus.replay is not None and channel.replay is not None
-        on_frame = channel.collector.on_message_received
+        on_frame = channel.listener.on_message_received
         try:
             frames = replay_frames(bus.replay, loop=bus.loop, stats=channel.replay)
             for msg in paced(frames, parse_speed(bus.speed), self._stop):

@@ -12,10 +12,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import can
+
 from agent.batch import Batcher
+from agent.buses import BusConfig
 from agent.config import AgentConfig, load_device_key
 from agent.diagnostics import DtcWatcher
 from agent.ingest import Ingest
+from agent.j1939 import Dm1Watcher
 from agent.outbox import Outbox
 from agent.policy import load_policy
 from agent.publish import Identity, Publisher
@@ -56,7 +60,10 @@ class Agent:
         )  # fmt: skip
         self.batcher = Batcher(config.batch, self.outbox.seal, self.policy.hash)
         self.dtcs = DtcWatcher(config.diagnostics, self.batcher.add_events)
-        self.ingest = Ingest(config.buses, self.policy, self.dtcs.wrap(self.batcher.add))
+        self.dm1: list[Dm1Watcher] = []
+        self.ingest = Ingest(
+            config.buses, self.policy, self.dtcs.wrap(self.batcher.add), taps=self._taps
+        )
         tls = client_context(ca=config.tls.ca, cert=config.tls.cert, key=config.tls.key)
         self.publisher = Publisher(
             config.mqtt, Identity(config.device, tls), self.outbox,
@@ -65,6 +72,13 @@ class Agent:
         self._stop = threading.Event()
         self.started = time.time()
         self.state = "starting"
+
+    def _taps(self, bus: BusConfig, j1939: bool) -> list[can.Listener]:
+        if not j1939:
+            return []
+        watcher = Dm1Watcher(bus.name, self.batcher.add_events)
+        self.dm1.append(watcher)
+        return [watcher]
 
     def _status(self, state: body.State) -> bytes:
         content = body.status_content(

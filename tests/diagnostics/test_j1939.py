@@ -1,0 +1,60 @@
+"""J1939 transport protocol on a real truck log, and DM1 single-frame and multi-packet."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.j1939 import PGN_DM1, Dm1Watcher, Reassembler, parse_dm1
+from agent.source import read_log
+from simulator.j1939 import dm1_frames
+from tests.conftest import SHARED_DATA
+
+TP_LOG = SHARED_DATA / "j1939_tp_00000001.log"
+
+
+@pytest.mark.skipif(not TP_LOG.exists(), reason=f"real J1939 TP log not present: {TP_LOG}")
+def test_bam_messages_of_a_real_truck_log_are_reassembled() -> None:
+    frames = list(read_log(TP_LOG))
+    announced = [f for f in frames if f.arbitration_id & 0x03FF0000 == 0x00EC0000]
+    reassembler = Reassembler()
+    done = [r for f in frames if (r := reassembler.feed(f)) is not None]
+    assert announced and len(done) == len(announced) - reassembler.stats.timed_out
+    # The engine (address 0) broadcasts engine configuration 1 (PGN 65251) and vehicle
+    # identification (PGN 65260), 28 bytes each.
+    assert {(pgn, source, len(payload)) for pgn, source, payload in done} == {
+        (65251, 0x00, 28), (65260, 0x00, 28),
+    }  # fmt: skip
+    assert sum(1 for pgn, _s, _p in done if pgn == 65260) == 3
+    vin = next(p for pgn, _s, p in done if pgn == 65260)[:17]
+    assert vin.isalnum() and vin.isascii()  # a 17-character VIN opens the field
+    first_dt = [bytes(f.data) for f in frames if f.arbitration_id == 0x1CEBFF00][:4]
+    assert done[0][2] == b"".join(d[1:] for d in first_dt)[:28]
+
+
+def test_dm1_single_frame_and_bam_give_set_and_clear_events() -> None:
+    events: list[dict[str, object]] = []
+    watcher = Dm1Watcher("truck", events.extend)  # type: ignore[arg-type]
+    for f in dm1_frames([(110, 0, 3)], source=0x00, t=1.0, amber=1):
+        watcher.on_message_received(f)
+    assert [(e["code"], e["state"]) for e in events] == [("SPN110-FMI0", "set")]
+    # Two more codes: now a BAM multi-packet DM1.
+    frames = dm1_frames([(110, 0, 3), (523000, 31, 1), (100, 1, 7)], source=0x00, t=2.0)
+    assert len(frames) > 2
+    for f in frames:
+        watcher.on_message_received(f)
+    assert [(e["code"], e["state"]) for e in events[1:]] == [
+        ("SPN523000-FMI31", "set"), ("SPN100-FMI1", "set"),
+    ]  # fmt: skip
+    assert watcher.reassembler.stats.completed == 1
+    for f in dm1_frames([], source=0x00, t=3.0):
+        watcher.on_message_received(f)
+    assert sorted(str(e["code"]) for e in events if e["state"] == "clear") == [
+        "SPN100-FMI1", "SPN110-FMI0", "SPN523000-FMI31",
+    ]  # fmt: skip
+
+
+def test_dm1_fields_follow_j1939_73() -> None:
+    lamps, codes = parse_dm1(bytes([0b01000100, 0xFF, 0x6E, 0x00, 0x04, 0x83, 0xFF, 0xFF]))
+    assert lamps["mil"] == 1 and lamps["amber_warning"] == 1
+    assert [(c.spn, c.fmi, c.occurrences) for c in codes] == [(110, 4, 3)]
+    assert PGN_DM1 == 65226
