@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.collect import Sample
+from agent.triggers import TriggerConfig
 from wire.dtc import decode_dtc
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class DiagnosticsConfig:
     latitude: str = "*/GNSS_POSITION/Latitude"
     longitude: str = "*/GNSS_POSITION/Longitude"
     receipt_deadline_s: float = 300.0  # an event not confirmed by a bridge by then is overdue
+    triggers: tuple[TriggerConfig, ...] = ()
 
 
 class DtcWatcher:
@@ -94,6 +96,16 @@ class DtcWatcher:
                     if state == "set" and seq is not None:
                         self._opened[code] = seq
 
+    def context(self) -> dict[str, Any]:
+        """Odometer and (when collected) location, for any event."""
+        ctx = self._context
+        out: dict[str, Any] = {}
+        if "odometer_km" in ctx:
+            out["odometer_km"] = round(ctx["odometer_km"], 1)
+        if "lat" in ctx and "lon" in ctx:  # present only when the policy collects location
+            out["location"] = {"lat": ctx["lat"], "lon": ctx["lon"]}
+        return out
+
     def _event(self, t: float, message: str, code: str, state: str) -> dict[str, Any]:
         event: dict[str, Any] = {
             "type": "dtc", "t_ms": int(t * 1000), "code": code, "state": state,
@@ -102,11 +114,7 @@ class DtcWatcher:
         opened = self._opened.pop(code, None) if state == "clear" else None
         if opened is not None:
             event["opened_seq"] = opened  # the envelope that opened this episode
-        ctx = self._context
-        if "odometer_km" in ctx:
-            event["odometer_km"] = round(ctx["odometer_km"], 1)
-        if "lat" in ctx and "lon" in ctx:  # present only when the policy collects location
-            event["location"] = {"lat": ctx["lat"], "lon": ctx["lon"]}
+        event.update(self.context())
         self.events += 1
         log.info("diagnostic event: %s %s at %s", code, state, message)
         return event

@@ -23,6 +23,7 @@ from agent.j1939 import Dm1Watcher
 from agent.outbox import Outbox
 from agent.policy import load_policy
 from agent.publish import Identity, Publisher
+from agent.triggers import TriggerWatcher
 from canvoy import __version__
 from wire import body
 from wire.envelope import Envelope, sign
@@ -60,9 +61,15 @@ class Agent:
         )  # fmt: skip
         self.batcher = Batcher(config.batch, self.outbox.seal, self.policy.hash)
         self.dtcs = DtcWatcher(config.diagnostics, self.batcher.add_events)
+        self.triggers = TriggerWatcher(
+            config.diagnostics.triggers, self.batcher.add_events, self.dtcs.context
+        )
         self.dm1: list[Dm1Watcher] = []
         self.ingest = Ingest(
-            config.buses, self.policy, self.dtcs.wrap(self.batcher.add), taps=self._taps
+            config.buses,
+            self.policy,
+            self.dtcs.wrap(self.triggers.wrap(self.batcher.add)),
+            taps=self._taps,
         )
         tls = client_context(ca=config.tls.ca, cert=config.tls.cert, key=config.tls.key)
         self.publisher = Publisher(
@@ -126,6 +133,7 @@ class Agent:
     def _await_receipts(self, timeout_s: float = 15.0) -> None:
         """Before a replay run exits: seal the last batch and wait a little for the bridges'
         receipts of its events, so that ``canvoy agent status`` can show them delivered."""
+        self.triggers.flush()
         self.batcher.flush()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self._stop.is_set():
@@ -138,6 +146,7 @@ class Agent:
         """Stop ingest, seal the open batch, wait for acknowledgements, say goodbye."""
         timeout = self.config.shutdown_timeout_s
         self.ingest.stop()
+        self.triggers.flush()
         self.batcher.flush()
         drained = self.publisher.drain(timeout)
         if not drained:

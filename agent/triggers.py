@@ -1,0 +1,263 @@
+"""Threshold triggers over decoded signals, with a hold time and a freeze frame.
+
+A trigger is ``<condition> [for <N> s|ms]``; the condition is a small expression language
+(comparisons, ``and``, ``or``, ``not``, parentheses, numbers, signal names). It is parsed with
+Python's ``ast`` and only those nodes are interpreted: nothing is ever evaluated as code. A
+signal name matches the end of a sample key: ``CoolantTemp``, ``ENGINE_2.CoolantTemp`` or
+``pt/ENGINE_2/CoolantTemp``. When the condition has held for the hold time, a ``trigger`` event
+is set, with a freeze frame: the chosen signals from ``before_s`` before to ``after_s`` after.
+When it stops holding, the event clears.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.collect import Sample
+from wire.errors import ConfigError
+
+_HOLD = re.compile(r"^(?P<expr>.+?)\s+for\s+(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|ms)\s*$")
+_COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
+    ast.Eq: operator.eq, ast.NotEq: operator.ne,
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TriggerConfig:
+    """One trigger of ``diagnostics.triggers``."""
+
+    name: str
+    when: str
+    freeze_frame: tuple[str, ...] = ()
+    before_s: float = 10.0
+    after_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        parse_condition(self.when)  # raises ConfigError naming the problem
+        if self.before_s < 0 or self.after_s < 0:
+            raise ConfigError(f"trigger {self.name}: before_s and after_s must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """A parsed trigger condition."""
+
+    text: str
+    tree: ast.expr
+    names: frozenset[str]
+    hold_s: float
+
+    def evaluate(self, values: Mapping[str, float | str]) -> bool:
+        """True when the condition holds for ``values`` (missing signals: False)."""
+        try:
+            return bool(_eval(self.tree, values))
+        except KeyError:
+            return False
+
+
+def _name(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return f"{_name(node.value)}/{node.attr}"
+    raise ConfigError(f"{ast.unparse(node)!r} is not a signal name")
+
+
+def _check(node: ast.AST, names: set[str]) -> None:
+    if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And | ast.Or):
+        for v in node.values:
+            _check(v, names)
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.USub):
+        _check(node.operand, names)
+    elif isinstance(node, ast.Compare):
+        if not all(type(op) in _COMPARE for op in node.ops):
+            raise ConfigError("comparisons are > >= < <= == !=")
+        for v in (node.left, *node.comparators):
+            _check(v, names)
+    elif isinstance(node, ast.Name | ast.Attribute):
+        names.add(_name(node))
+    elif isinstance(node, ast.Constant) and isinstance(node.value, int | float | str):
+        pass
+    else:
+        raise ConfigError(f"{ast.unparse(node)!r} is not allowed in a trigger")
+
+
+def _eval(node: ast.expr, values: Mapping[str, float | str]) -> Any:
+    if isinstance(node, ast.BoolOp):
+        results = (_eval(v, values) for v in node.values)
+        return all(results) if isinstance(node.op, ast.And) else any(results)
+    if isinstance(node, ast.UnaryOp):
+        operand = _eval(node.operand, values)
+        return (not operand) if isinstance(node.op, ast.Not) else -operand
+    if isinstance(node, ast.Compare):
+        left = _eval(node.left, values)
+        for op, right_node in zip(node.ops, node.comparators, strict=True):
+            right = _eval(right_node, values)
+            if not _COMPARE[type(op)](left, right):
+                return False
+            left = right
+        return True
+    if isinstance(node, ast.Constant):
+        return node.value
+    return values[_name(node)]
+
+
+def parse_condition(text: str) -> Condition:
+    """Parse ``CoolantTemp > 110 and VehicleSpeed > 0 for 5 s``.
+
+    Raises:
+        ConfigError: naming what is wrong with ``text``.
+    """
+    hold_s = 0.0
+    expr = text.strip()
+    m = _HOLD.match(expr)
+    if m:
+        expr = m["expr"]
+        hold_s = float(m["n"]) / (1000 if m["unit"] == "ms" else 1)
+    try:
+        tree = ast.parse(expr, mode="eval").body
+    except SyntaxError as exc:
+        raise ConfigError(f"trigger {text!r} does not parse: {exc.msg}") from exc
+    names: set[str] = set()
+    try:
+        _check(tree, names)
+    except ConfigError as exc:
+        raise ConfigError(f"trigger {text!r}: {exc}") from exc
+    if not names:
+        raise ConfigError(f"trigger {text!r} names no signal")
+    return Condition(text, tree, frozenset(names), hold_s)
+
+
+def _matches(key: str, name: str) -> bool:
+    path = key.split("@", 1)[0]
+    return path == name or path.endswith("/" + name)
+
+
+@dataclass
+class _State:
+    config: TriggerConfig
+    condition: Condition
+    since: float | None = None
+    active: bool = False
+    opened_seq: int | None = None
+    pending: dict[str, Any] | None = None  # a set event collecting its "after" samples
+    ring: dict[str, deque[tuple[float, Any]]] = field(default_factory=dict)
+
+
+class TriggerWatcher:
+    """Evaluates every trigger as samples arrive; emits set/clear events. Thread-safe."""
+
+    def __init__(
+        self,
+        triggers: tuple[TriggerConfig, ...],
+        emit_events: Callable[[list[Mapping[str, Any]]], int | None],
+        context: Callable[[], dict[str, Any]] = dict,
+    ) -> None:
+        self._states = [_State(t, parse_condition(t.when)) for t in triggers]
+        self._emit = emit_events
+        self._context = context
+        self._values: dict[str, float | str] = {}
+        self._lock = threading.Lock()
+        self._route: dict[str, list[tuple[_State, str | None, str | None]]] = {}
+        self.events = 0
+
+    def _routes(self, key: str) -> list[tuple[_State, str | None, str | None]]:
+        route = self._route.get(key)
+        if route is None:
+            route = []
+            for s in self._states:
+                name = next((n for n in s.condition.names if _matches(key, n)), None)
+                frozen = next((f for f in s.config.freeze_frame if _matches(key, f)), None)
+                if name is not None or frozen is not None:
+                    route.append((s, name, frozen))
+            self._route[key] = route
+        return route
+
+    def observe(self, sample: Sample) -> None:
+        """Look at one sample."""
+        t, key, value = sample
+        route = self._routes(key)
+        out: list[tuple[_State, dict[str, Any]]] = []
+        with self._lock:
+            for s, name, frozen in route:
+                if frozen is not None:
+                    ring = s.ring.setdefault(frozen, deque())
+                    ring.append((t, value))
+                    # Keep enough for a frame that is still collecting its "after" samples.
+                    horizon = t - 2 * (s.config.before_s + s.config.after_s) - 1.0
+                    while ring and ring[0][0] < horizon:
+                        ring.popleft()
+                if name is not None:
+                    self._values[name] = value
+                    out += self._step(s, t)
+            for s in self._states:
+                if s.pending is not None and t > s.pending["t_ms"] / 1000 + s.config.after_s:
+                    out.append((s, self._freeze(s)))
+        for s, event in out:
+            seq = self._emit([event])
+            if event["state"] == "set" and seq is not None:
+                s.opened_seq = seq
+            self.events += 1
+
+    def _step(self, s: _State, t: float) -> list[tuple[_State, dict[str, Any]]]:
+        holds = s.condition.evaluate(self._values)
+        if not holds:
+            s.since = None
+            if s.active:
+                s.active = False
+                event = self._event(s, t, "clear")
+                if s.opened_seq is not None:
+                    event["opened_seq"] = s.opened_seq
+                s.opened_seq = None
+                return [(s, event)]
+            return []
+        if s.since is None:
+            s.since = t
+        if not s.active and t - s.since >= s.condition.hold_s:
+            s.active = True
+            s.pending = self._event(s, t, "set")
+        return []
+
+    def _event(self, s: _State, t: float, state: str) -> dict[str, Any]:
+        event = {"type": "trigger", "name": s.config.name, "code": s.config.name,
+                 "state": state, "t_ms": int(t * 1000), "condition": s.condition.text,
+                 **self._context()}  # fmt: skip
+        return event
+
+    def _freeze(self, s: _State) -> dict[str, Any]:
+        event = s.pending or {}
+        s.pending = None
+        fired = event["t_ms"] / 1000
+        low, high = fired - s.config.before_s, fired + s.config.after_s
+        event["freeze_frame"] = {
+            name: [[int(t * 1000), v] for t, v in ring if low <= t <= high]
+            for name, ring in s.ring.items()
+        }
+        return event
+
+    def flush(self) -> None:
+        """Emit set events still collecting their freeze frame (shutdown)."""
+        with self._lock:
+            ready = [(s, self._freeze(s)) for s in self._states if s.pending is not None]
+        for s, event in ready:
+            seq = self._emit([event])
+            if seq is not None:
+                s.opened_seq = seq
+
+    def wrap(self, emit: Callable[[Sample], None]) -> Callable[[Sample], None]:
+        """An emit function that passes samples on and watches them."""
+        observe = self.observe
+
+        def both(sample: Sample) -> None:
+            emit(sample)
+            observe(sample)
+
+        return both
