@@ -30,6 +30,10 @@ class DiagnosticsConfig:
     odometer: str = "*/INSTRUMENT/Odometer"
     latitude: str = "*/GNSS_POSITION/Latitude"
     longitude: str = "*/GNSS_POSITION/Longitude"
+    freeze_frame: tuple[str, ...] = (
+        "*/ENGINE_1/EngineSpeed", "*/ENGINE_1/EngineLoad", "*/ENGINE_2/CoolantTemp",
+        "*/ENGINE_2/OilPressure", "*/VEHICLE_DYNAMICS/VehicleSpeed", "*/BATTERY_12V/BatteryVoltage",
+    )  # fmt: skip
     receipt_deadline_s: float = 300.0  # an event not confirmed by a bridge by then is overdue
     triggers: tuple[TriggerConfig, ...] = ()
 
@@ -49,7 +53,9 @@ class DtcWatcher:
         self._active: dict[str, set[str]] = {}  # message path -> active codes
         self._context: dict[str, float] = {}
         self._is_dtc: dict[str, bool] = {}
-        self._opened: dict[str, int] = {}  # code -> sequence number of the envelope that set it
+        self._opened: dict[str, int] = {}
+        self._frozen: dict[str, tuple[int, Any]] = {}  # freeze-frame signal -> (t_ms, value)
+        self._is_frozen: dict[str, bool] = {}  # code -> sequence number of the envelope that set it
         self.events = 0
 
     def _matches(self, key: str) -> bool:
@@ -75,6 +81,13 @@ class DtcWatcher:
         if fnmatch.fnmatchcase(path, c.longitude):
             self._context["lon"] = float(value)
             return
+        frozen = self._is_frozen.get(key)
+        if frozen is None:
+            frozen = self._is_frozen[key] = any(
+                fnmatch.fnmatchcase(path, p) for p in c.freeze_frame
+            )
+        if frozen:
+            self._frozen[path] = (int(t * 1000), value)
         if not self._matches(key) or isinstance(value, str):
             return
         message = key.rsplit("/", 1)[0]
@@ -111,6 +124,8 @@ class DtcWatcher:
             "type": "dtc", "t_ms": int(t * 1000), "code": code, "state": state,
             "source": "dbc", "signal": message,
         }  # fmt: skip
+        if state == "set":  # like an OBD-II freeze frame: a snapshot when the code is set
+            event["freeze_frame"] = {k: [list(v)] for k, v in sorted(self._frozen.items())}
         opened = self._opened.pop(code, None) if state == "clear" else None
         if opened is not None:
             event["opened_seq"] = opened  # the envelope that opened this episode

@@ -61,6 +61,19 @@ mqtt:
   reconnect_min_s: 1.0
   reconnect_max_s: 60.0
 
+# Diagnostics from decoded signals (docs/CONFIG.md): DTCs broadcast in a DBC message, and
+# threshold triggers with a hold time and a freeze frame. J1939 buses also report DM1 codes.
+diagnostics:
+  dtc_signals: ["*/DIAG_DTC/Dtc[0-9]*"]
+  odometer: "*/INSTRUMENT/Odometer"
+  receipt_deadline_s: 300.0 # an event a bridge has not confirmed by then is shown as overdue
+  triggers: []
+  # - name: coolant_overtemp
+  #   when: "CoolantTemp > 112 for 5 s"
+  #   freeze_frame: [CoolantTemp, EngineSpeed, VehicleSpeed, CoolantFanDuty]
+  #   before_s: 10
+  #   after_s: 5
+
 # On SIGTERM: how long to wait for acknowledgements of what is still in flight.
 shutdown_timeout_s: 10.0
 """
