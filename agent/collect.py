@@ -31,6 +31,18 @@ class Sample(NamedTuple):
     value: Value
 
 
+def tee(
+    emit: Callable[[Sample], None], observe: Callable[[Sample], None]
+) -> Callable[[Sample], None]:
+    """An emit function that passes each sample on, then lets ``observe`` look at it."""
+
+    def both(sample: Sample) -> None:
+        emit(sample)
+        observe(sample)
+
+    return both
+
+
 class _Gate:
     """Reporting state of one signal, with its rate flattened for the hot loop."""
 

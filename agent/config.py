@@ -6,7 +6,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509 import load_pem_x509_certificate
@@ -19,7 +18,7 @@ from agent.outbox import OutboxConfig
 from agent.publish import MqttConfig
 from wire.errors import ConfigError
 from wire.ids import check_id
-from wire.schema import build
+from wire.schema import build, read_yaml
 from wire.tls import TlsFiles
 
 
@@ -58,12 +57,7 @@ def load_config(path: Path) -> AgentConfig:
     Raises:
         ConfigError: the file is missing, not YAML, or a key is unknown or invalid (named).
     """
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read agent config {str(path)!r}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"agent config {str(path)!r} is not valid YAML: {exc}") from exc
+    data = read_yaml(path, "agent config")
     config = build(AgentConfig, data)
     base = path.resolve().parent
     tls = TlsFiles(

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.collect import Sample
+from agent.collect import Sample, tee
 from agent.triggers import TriggerConfig
 from wire.dtc import decode_dtc
 
@@ -136,10 +136,4 @@ class DtcWatcher:
 
     def wrap(self, emit: Callable[[Sample], None]) -> Callable[[Sample], None]:
         """An emit function that passes samples on and watches them."""
-        observe = self.observe
-
-        def both(sample: Sample) -> None:
-            emit(sample)
-            observe(sample)
-
-        return both
+        return tee(emit, self.observe)

@@ -12,11 +12,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from agent.database import is_integrity_signal
 from wire.errors import ConfigError
-from wire.schema import build
+from wire.schema import build, read_yaml
 
 LOCATION = "location"
 
@@ -143,10 +141,5 @@ def load_policy(path: Path | None) -> Policy:
     """
     if path is None:
         return Policy(PolicyConfig())
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read policy {str(path)!r}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"policy {str(path)!r} is not valid YAML: {exc}") from exc
+    data = read_yaml(Path(path), "policy")
     return Policy(build(PolicyConfig, data, "policy"))

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.collect import Sample
+from agent.collect import Sample, tee
 from wire.errors import ConfigError
 
 _HOLD = re.compile(r"^(?P<expr>.+?)\s+for\s+(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|ms)\s*$")
@@ -254,10 +254,4 @@ class TriggerWatcher:
 
     def wrap(self, emit: Callable[[Sample], None]) -> Callable[[Sample], None]:
         """An emit function that passes samples on and watches them."""
-        observe = self.observe
-
-        def both(sample: Sample) -> None:
-            emit(sample)
-            observe(sample)
-
-        return both
+        return tee(emit, self.observe)

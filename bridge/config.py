@@ -7,12 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from bridge.tickets import ServiceRule
 from wire.errors import ConfigError
 from wire.ids import check_id
-from wire.schema import build
+from wire.schema import build, read_yaml
 from wire.tls import TlsFiles
 
 ROUTABLE = ("telemetry", "events", "status", "tickets")
@@ -76,12 +74,7 @@ def load_config(path: Path) -> BridgeConfig:
     Raises:
         ConfigError: missing, not YAML, or an unknown or invalid key (named by its path).
     """
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise ConfigError(f"cannot read bridge config {str(path)!r}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"bridge config {str(path)!r} is not valid YAML: {exc}") from exc
+    data = read_yaml(path, "bridge config")
     config = build(BridgeConfig, data)
     base = path.resolve().parent
     sinks = {

@@ -46,6 +46,22 @@ def build(cls: type[T], data: object, path: str = "") -> T:
         raise ConfigError(f"{where}: {exc}") from exc
 
 
+def read_yaml(path: Path, what: str) -> object:
+    """Parse the YAML file ``path`` (a ``what``, e.g. "agent config", for messages).
+
+    Raises:
+        ConfigError: the file cannot be read or is not YAML.
+    """
+    import yaml
+
+    try:
+        return yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {exc}") from exc
+
+
 def _join(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from agent.config import load_config
 from agent.outbox import EventStatus, open_status
 from agent.service import Agent, status_path
 from agent.source import parse_speed
+from canvoy.signals import stop_on_signals
 from wire.errors import ConfigError
 from wire.ids import check_id
 
@@ -176,12 +176,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     agent = Agent(load_config(args.config))
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        agent.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(agent.stop)
     return agent.run(exit_when_done=args.exit_when_done)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ from bridge.config import load_config
 from bridge.service import Bridge
 from bridge.sinks.webhook import WebhookConfig, WebhookSink
 from canvoy.commands.agent import parse_broker
+from canvoy.signals import stop_on_signals
 from wire.errors import ConfigError
 from wire.ids import check_id
 from wire.schema import build
@@ -151,12 +151,7 @@ def _init(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     bridge = Bridge(load_config(args.config))
-
-    def on_signal(_signum: int, _frame: object) -> None:
-        bridge.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop_on_signals(bridge.stop)
     return bridge.run()
 
 

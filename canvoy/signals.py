@@ -1,0 +1,16 @@
+"""Stop a long-running command cleanly on SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable
+
+
+def stop_on_signals(stop: Callable[[], None]) -> None:
+    """Call ``stop`` on SIGTERM and SIGINT (the service loop then shuts down in order)."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
