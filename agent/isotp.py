@@ -1,0 +1,100 @@
+"""ISO-TP (ISO 15765-2) through the ``can-isotp`` package: passive reassembly and a client.
+
+``reassemble`` rebuilds the payloads one id sent (single frames and first/consecutive frames)
+from recorded traffic, e.g. UDS or OBD-II responses in a log. ``IsoTpClient`` sends a request
+to one ECU and waits for its response over a live python-can bus.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable
+
+import can
+import isotp
+
+from wire.errors import TransportError
+
+log = logging.getLogger(__name__)
+
+
+def _address(rxid: int, txid: int, extended: bool) -> isotp.Address:
+    mode = isotp.AddressingMode.Normal_29bits if extended else isotp.AddressingMode.Normal_11bits
+    return isotp.Address(mode, rxid=rxid, txid=txid)
+
+
+def reassemble(
+    frames: Iterable[can.Message], rxid: int, *, txid: int | None = None, extended: bool = False
+) -> list[bytes]:
+    """Every ISO-TP payload received on ``rxid`` in ``frames``, in order.
+
+    Flow-control frames the logger may not have recorded are not needed: the stack's own flow
+    control goes nowhere, and consecutive frames are taken as they come.
+    """
+    pending: list[isotp.CanMessage] = []
+    out: list[bytes] = []
+    errors: list[Exception] = []
+    stack = isotp.TransportLayerLogic(
+        rxfn=lambda _timeout: pending.pop(0) if pending else None,
+        txfn=lambda _msg: None,
+        address=_address(rxid, txid if txid is not None else rxid - 8, extended),
+        error_handler=errors.append,
+        params={"rx_consecutive_frame_timeout": 10_000, "can_fd": True},
+    )  # fmt: skip
+    for msg in frames:
+        if msg.arbitration_id != rxid or msg.is_error_frame:
+            continue
+        pending.append(isotp.CanMessage(arbitration_id=msg.arbitration_id, data=bytes(msg.data),
+                                        extended_id=msg.is_extended_id))  # fmt: skip
+        while pending:
+            stack.process()
+        while stack.available():
+            data = stack.recv()
+            if data is not None:
+                out.append(bytes(data))
+    for exc in errors:
+        log.debug("ISO-TP 0x%X: %s", rxid, exc)
+    return out
+
+
+class IsoTpClient:
+    """Request/response with one ECU over a live bus.
+
+    The bus is read by one ``can.Notifier`` (the agent's), so the stack listens through it
+    instead of calling ``recv`` itself and taking frames away from the decoder.
+    """
+
+    def __init__(
+        self, bus: can.BusABC, notifier: can.Notifier, *, txid: int, rxid: int,
+        extended: bool = False, timeout_s: float = 1.0,
+    ) -> None:  # fmt: skip
+        self.timeout_s = timeout_s
+        self._lock = threading.Lock()
+        self._stack = isotp.NotifierBasedCanStack(
+            bus, notifier, address=_address(rxid, txid, extended),
+            params={"tx_padding": 0x55, "rx_flowcontrol_timeout": int(timeout_s * 1000),
+                    "rx_consecutive_frame_timeout": int(timeout_s * 1000), "blocking_send": False},
+        )  # fmt: skip
+        self._stack.start()
+
+    def request(self, payload: bytes) -> bytes:
+        """Send ``payload`` and return the response.
+
+        Raises:
+            TransportError: no (complete) response within ``timeout_s``.
+        """
+        with self._lock:
+            self._stack.clear_rx_queue()
+            self._stack.send(payload)
+            deadline = time.monotonic() + self.timeout_s
+            while time.monotonic() < deadline:
+                data = self._stack.recv(block=True, timeout=0.05)
+                if data is not None:
+                    return bytes(data)
+        raise TransportError(f"no ISO-TP response to {payload.hex()} within {self.timeout_s} s")
+
+    def close(self) -> None:
+        """Stop the stack's thread."""
+        self._stack.stop()

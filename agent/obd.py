@@ -1,0 +1,275 @@
+"""OBD-II over ISO-TP (SAE J1979 / ISO 15031-5): ECU discovery, mode 01 PIDs, DTC modes.
+
+How an aftermarket device on the OBD port sees a car without a proprietary DBC. Requests go to
+the functional address 0x7DF (discovery) or an ECU's physical address 0x7E0-0x7E7; responses
+come from 0x7E8-0x7EF (the 29-bit variant: 0x18DB33F1 and 0x18DAxxF1 / 0x18DAF1xx). Timeouts and
+negative responses are counted, never fatal.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import can
+
+from agent.collect import Sample
+from agent.isotp import IsoTpClient
+from wire.dtc import decode_dtc
+from wire.errors import ConfigError, TransportError
+
+log = logging.getLogger(__name__)
+
+FUNCTIONAL_11, FUNCTIONAL_29 = 0x7DF, 0x18DB33F1
+NEGATIVE = 0x7F
+
+
+@dataclass(frozen=True, slots=True)
+class Pid:
+    """A mode 01 parameter: its name, unit and formula over the data bytes A, B, ..."""
+
+    name: str
+    unit: str
+    size: int
+    formula: Callable[[bytes], float]
+
+
+PIDS: dict[int, Pid] = {
+    0x04: Pid("EngineLoad", "%", 1, lambda d: d[0] * 100 / 255),
+    0x05: Pid("CoolantTemp", "degC", 1, lambda d: d[0] - 40),
+    0x0B: Pid("IntakeManifoldPressure", "kPa", 1, lambda d: d[0]),
+    0x0C: Pid("EngineSpeed", "rpm", 2, lambda d: (256 * d[0] + d[1]) / 4),
+    0x0D: Pid("VehicleSpeed", "km/h", 1, lambda d: d[0]),
+    0x0F: Pid("IntakeAirTemp", "degC", 1, lambda d: d[0] - 40),
+    0x10: Pid("MafRate", "g/s", 2, lambda d: (256 * d[0] + d[1]) / 100),
+    0x11: Pid("ThrottlePosition", "%", 1, lambda d: d[0] * 100 / 255),
+    0x1F: Pid("RunTime", "s", 2, lambda d: 256 * d[0] + d[1]),
+    0x2F: Pid("FuelLevel", "%", 1, lambda d: d[0] * 100 / 255),
+    0x31: Pid("DistanceSinceCodesCleared", "km", 2, lambda d: 256 * d[0] + d[1]),
+    0x42: Pid("ControlModuleVoltage", "V", 2, lambda d: (256 * d[0] + d[1]) / 1000),
+    0x46: Pid("AmbientTemp", "degC", 1, lambda d: d[0] - 40),
+    0x5C: Pid("OilTemp", "degC", 1, lambda d: d[0] - 40),
+}
+DTC_MODES = {0x03: "stored", 0x07: "pending", 0x0A: "permanent"}
+
+
+def parse_pid(pid: int, response: bytes) -> float:
+    """The physical value of a mode 01 response ``41 <pid> A B ...``.
+
+    Raises:
+        TransportError: a negative or malformed response.
+    """
+    spec = PIDS[pid]
+    if len(response) < 2 + spec.size or response[0] != 0x41 or response[1] != pid:
+        raise TransportError(f"unexpected response to PID 0x{pid:02X}: {response.hex()}")
+    return round(spec.formula(response[2 : 2 + spec.size]), 3)
+
+
+def parse_dtcs(mode: int, response: bytes) -> list[str]:
+    """DTCs of a mode 03/07/0A response ``<mode+0x40> <count> (hi lo)*`` as ``P0217``.
+
+    Raises:
+        TransportError: a negative or malformed response.
+    """
+    if not response or response[0] != mode + 0x40:
+        raise TransportError(f"unexpected response to mode 0x{mode:02X}: {response.hex()}")
+    pairs = response[2:]  # byte 1 is the number of DTCs on CAN (ISO 15765-4)
+    codes = []
+    for i in range(0, len(pairs) - 1, 2):
+        code = decode_dtc(pairs[i] << 8 | pairs[i + 1])
+        if code is not None:
+            codes.append(code)
+    return codes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ObdConfig:
+    """What to poll on a bus through the OBD port (``buses[].obd`` in the agent config)."""
+
+    pids: dict[str, float] = field(default_factory=lambda: {"0C": 1.0, "0D": 1.0, "05": 10.0})
+    dtc_interval_s: float = 30.0
+    timeout_s: float = 1.0
+    extended: bool = False  # 29-bit OBD addressing
+
+    def __post_init__(self) -> None:
+        for text, period in self.pids.items():
+            try:
+                pid = int(text, 16)
+            except ValueError:
+                pid = -1
+            if pid not in PIDS:
+                known = ", ".join(f"{p:02X}" for p in PIDS)
+                raise ConfigError(f"obd.pids: PID {text!r} is not supported (use one of {known})")
+            if period <= 0:
+                raise ConfigError(f"obd.pids.{text}: the period must be positive seconds")
+
+
+@dataclass(slots=True)
+class ObdStats:
+    """Requests and what became of them."""
+
+    requests: int = 0
+    responses: int = 0
+    timeouts: int = 0
+    negative: int = 0
+    ecus: list[int] = field(default_factory=list)
+
+
+class ObdPoller:
+    """Discovers ECUs, polls PIDs as samples, and reads DTCs into set/clear events."""
+
+    def __init__(
+        self,
+        bus_name: str,
+        bus: can.BusABC,
+        notifier: can.Notifier,
+        config: ObdConfig,
+        *,
+        emit: Callable[[Sample], None],
+        emit_events: Callable[[list[Mapping[str, Any]]], object],
+    ) -> None:
+        self.name = bus_name
+        self.bus = bus
+        self.notifier = notifier
+        self.config = config
+        self.emit = emit
+        self.emit_events = emit_events
+        self.stats = ObdStats()
+        self.clients: dict[int, IsoTpClient] = {}
+        self.active: dict[str, set[str]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"obd-{bus_name}", daemon=True)
+
+    def _ids(self, ecu: int) -> tuple[int, int]:
+        """(request id, response id) of ECU number ``ecu`` (0-7)."""
+        if self.config.extended:
+            return 0x18DA00F1 | (ecu << 8), 0x18DAF100 | ecu
+        return 0x7E0 + ecu, 0x7E8 + ecu
+
+    def discover(self) -> list[int]:
+        """Ask every ECU for its supported PIDs (01 00) on the functional address."""
+        functional = FUNCTIONAL_29 if self.config.extended else FUNCTIONAL_11
+        responses = {self._ids(e)[1]: e for e in range(8)}
+        found: set[int] = set()
+        reader = can.BufferedReader()
+        self.notifier.add_listener(reader)
+        try:
+            request = bytes([0x02, 0x01, 0x00]) + b"\x55" * 5
+            self.bus.send(can.Message(arbitration_id=functional, data=request,
+                                      is_extended_id=self.config.extended))  # fmt: skip
+            deadline = time.monotonic() + self.config.timeout_s
+            while time.monotonic() < deadline:
+                msg = reader.get_message(0.05)
+                if msg is not None and msg.arbitration_id in responses:
+                    found.add(responses[msg.arbitration_id])
+        finally:
+            self.notifier.remove_listener(reader)
+        self.stats.ecus = sorted(found)
+        return self.stats.ecus
+
+    def _client(self, ecu: int) -> IsoTpClient:
+        client = self.clients.get(ecu)
+        if client is None:
+            txid, rxid = self._ids(ecu)
+            client = self.clients[ecu] = IsoTpClient(
+                self.bus, self.notifier, txid=txid, rxid=rxid, extended=self.config.extended,
+                timeout_s=self.config.timeout_s,
+            )  # fmt: skip
+        return client
+
+    def ask(self, ecu: int, request: bytes) -> bytes | None:
+        """One request; None on a timeout or a negative response (both counted)."""
+        self.stats.requests += 1
+        try:
+            response = self._client(ecu).request(request)
+        except TransportError:
+            self.stats.timeouts += 1
+            return None
+        if response and response[0] == NEGATIVE:
+            self.stats.negative += 1
+            return None
+        self.stats.responses += 1
+        return response
+
+    def poll_pid(self, ecu: int, pid: int) -> float | None:
+        """Read one PID and emit it as ``<bus>/OBD_<ecu>/<name>``."""
+        response = self.ask(ecu, bytes([0x01, pid]))
+        if response is None:
+            return None
+        try:
+            value = parse_pid(pid, response)
+        except TransportError:
+            self.stats.negative += 1
+            return None
+        self.emit(Sample(time.time(), f"{self.name}/OBD_{0x7E8 + ecu:X}/{PIDS[pid].name}", value))
+        return value
+
+    def read_dtcs(self, ecu: int) -> dict[str, list[str]]:
+        """Stored, pending and permanent DTCs; stored ones become set/clear events."""
+        result: dict[str, list[str]] = {}
+        for mode, kind in DTC_MODES.items():
+            response = self.ask(ecu, bytes([mode]))
+            if response is None:
+                continue
+            try:
+                result[kind] = parse_dtcs(mode, response)
+            except TransportError:
+                self.stats.negative += 1
+        if "stored" in result:
+            self._transitions(ecu, set(result["stored"]))
+        return result
+
+    def _transitions(self, ecu: int, now: set[str]) -> None:
+        source = f"{self.name}/OBD_{0x7E8 + ecu:X}"
+        before = self.active.get(source, set())
+        self.active[source] = now
+        t_ms = int(time.time() * 1000)
+        changes = [(c, "set") for c in sorted(now - before)]
+        changes += [(c, "clear") for c in sorted(before - now)]
+        events: list[Mapping[str, Any]] = [
+            {"type": "dtc", "t_ms": t_ms, "code": c, "state": state, "source": "obd",
+             "signal": source}
+            for c, state in changes
+        ]  # fmt: skip
+        if events:
+            self.emit_events(events)
+
+    def start(self) -> None:
+        """Poll in a thread until ``stop``."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling and the ISO-TP stacks."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        for client in self.clients.values():
+            client.close()
+
+    def _run(self) -> None:
+        ecus: list[int] = []
+        due: dict[tuple[int, str], float] = {}
+        while not self._stop.is_set():
+            try:
+                if not ecus:
+                    ecus = self.discover()
+                    if not ecus:
+                        self._stop.wait(5.0)
+                        continue
+                now = time.monotonic()
+                for ecu in ecus:
+                    for text, period in self.config.pids.items():
+                        if now >= due.get((ecu, text), 0.0):
+                            due[(ecu, text)] = now + period
+                            self.poll_pid(ecu, int(text, 16))
+                    if now >= due.get((ecu, "dtc"), 0.0):
+                        due[(ecu, "dtc")] = now + self.config.dtc_interval_s
+                        self.read_dtcs(ecu)
+            except Exception as exc:  # the poller logs, counts and carries on
+                log.warning("OBD polling on %s: %s", self.name, exc)
+                self.stats.timeouts += 1
+            self._stop.wait(0.05)
