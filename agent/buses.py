@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agent.database import EXTENDED, Index
+from agent.obd import ObdConfig
 from agent.source import LOG_SUFFIXES, parse_speed
 from wire.errors import ConfigError
 from wire.ids import ID_PATTERN
@@ -35,6 +36,7 @@ class BusConfig:
     replay: Path | None = None
     speed: str = "max"
     loop: bool = False
+    obd: ObdConfig | None = None  # poll OBD-II over ISO-TP on this (live) bus
 
     def __post_init__(self) -> None:
         if ID_PATTERN.fullmatch(self.name) is None:

@@ -13,6 +13,7 @@ import can
 from agent.buses import BusConfig, driver_filters
 from agent.collect import Collector, Sample
 from agent.database import build_index, load_databases
+from agent.obd import response_filters
 from agent.policy import Policy
 from agent.source import BusSupervisor, ReplayStats, open_bus, paced, parse_speed, replay_frames
 
@@ -29,6 +30,9 @@ class Channel:
     supervisor: BusSupervisor | None = None
     replay: ReplayStats | None = None
     thread: threading.Thread | None = None
+
+
+OnOpen = Callable[[can.BusABC, can.Notifier], Callable[[], None]]
 
 
 class _Tee(can.Listener):
@@ -64,8 +68,10 @@ class Ingest:
         buses: Sequence[BusConfig],
         policy: Policy,
         emit: Callable[[Sample], None],
+        *,
         on_unknown: Callable[[can.Message], None] | None = None,
         taps: Callable[[BusConfig, bool], list[can.Listener]] | None = None,
+        on_open: Callable[[BusConfig], OnOpen | None] | None = None,
     ) -> None:
         """``taps(bus, is_j1939)`` gives extra listeners that see every raw frame of a bus
         (J1939 DM1 and transport-protocol reassembly)."""
@@ -81,11 +87,15 @@ class Ingest:
             channel = Channel(config=bus, collector=collector, listener=listener)
             if bus.interface is not None and bus.channel is not None:
                 filters = driver_filters(index) if bus.filters == "auto" else None
+                if filters is not None and bus.obd is not None:
+                    filters = [*filters, *response_filters(bus.obd)]
                 opener = partial(
                     open_bus, interface=bus.interface, channel=bus.channel, bitrate=bus.bitrate,
                     fd=bus.fd, filters=filters, options=bus.options,
                 )  # fmt: skip
-                channel.supervisor = BusSupervisor(bus.name, listener, opener)
+                channel.supervisor = BusSupervisor(
+                    bus.name, listener, opener, on_open=on_open(bus) if on_open else None
+                )
             else:
                 channel.replay = ReplayStats()
                 channel.thread = threading.Thread(

@@ -108,6 +108,13 @@ class ObdConfig:
                 raise ConfigError(f"obd.pids.{text}: the period must be positive seconds")
 
 
+def response_filters(config: ObdConfig) -> list[dict[str, Any]]:
+    """python-can ``can_filters`` that let the ECUs' responses through a filtered bus."""
+    if config.extended:
+        return [{"can_id": 0x18DAF100, "can_mask": 0x1FFFFF00, "extended": True}]
+    return [{"can_id": 0x7E8, "can_mask": 0x7F8, "extended": False}]
+
+
 @dataclass(slots=True)
 class ObdStats:
     """Requests and what became of them."""

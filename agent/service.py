@@ -18,8 +18,9 @@ from agent.batch import Batcher
 from agent.buses import BusConfig
 from agent.config import AgentConfig, load_device_key
 from agent.diagnostics import DtcWatcher
-from agent.ingest import Ingest
+from agent.ingest import Ingest, OnOpen
 from agent.j1939 import Dm1Watcher
+from agent.obd import ObdPoller
 from agent.outbox import Outbox
 from agent.policy import load_policy
 from agent.publish import Identity, Publisher
@@ -65,11 +66,13 @@ class Agent:
             config.diagnostics.triggers, self.batcher.add_events, self.dtcs.context
         )
         self.dm1: list[Dm1Watcher] = []
+        self.obd: list[ObdPoller] = []
         self.ingest = Ingest(
             config.buses,
             self.policy,
             self.dtcs.wrap(self.triggers.wrap(self.batcher.add)),
             taps=self._taps,
+            on_open=self._obd,
         )
         tls = client_context(ca=config.tls.ca, cert=config.tls.cert, key=config.tls.key)
         self.publisher = Publisher(
@@ -86,6 +89,22 @@ class Agent:
         watcher = Dm1Watcher(bus.name, self.batcher.add_events)
         self.dm1.append(watcher)
         return [watcher]
+
+    def _obd(self, bus: BusConfig) -> OnOpen | None:
+        """For a bus with ``obd``: start an OBD-II poller each time the bus opens."""
+        config = bus.obd
+        if config is None:
+            return None
+        emit = self.dtcs.wrap(self.triggers.wrap(self.batcher.add))
+
+        def start(live: can.BusABC, notifier: can.Notifier) -> Callable[[], None]:
+            poller = ObdPoller(bus.name, live, notifier, config, emit=emit,
+                               emit_events=self.batcher.add_events)  # fmt: skip
+            poller.start()
+            self.obd.append(poller)
+            return poller.stop
+
+        return start
 
     def _status(self, state: body.State) -> bytes:
         content = body.status_content(

@@ -6,7 +6,7 @@ import importlib.util
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -204,9 +204,18 @@ class BusSupervisor:
     """Keeps one live bus open and feeding its listener; reopens it with back-off on failure."""
 
     def __init__(
-        self, name: str, listener: can.Listener, opener: Any, *, backoff_initial_s: float = 1.0
+        self,
+        name: str,
+        listener: can.Listener,
+        opener: Any,
+        *,
+        backoff_initial_s: float = 1.0,
+        on_open: Callable[[can.BusABC, can.Notifier], Callable[[], None]] | None = None,
     ) -> None:
+        """``on_open(bus, notifier)`` runs each time the bus opens (e.g. an OBD-II poller that
+        talks through the same notifier); the function it returns runs before the bus closes."""
         self.name = name
+        self._on_open = on_open
         self._backoff_initial_s = backoff_initial_s
         self.listener = listener
         self._opener = opener
@@ -270,7 +279,10 @@ class BusSupervisor:
             self._failed.clear()
             self._bus = bus
             notifier = can.Notifier(bus, [self.listener, _Watch()], timeout=0.5)
+            close = self._on_open(bus, notifier) if self._on_open is not None else None
             self._failed.wait()
+            if close is not None:
+                close()
             notifier.stop()
             self._bus = None
             bus.shutdown()
