@@ -1,4 +1,4 @@
-"""The agent polls the simulated OBD-II ECU on a live (virtual) bus; the readings reach the broker."""
+"""The agent polls the simulated OBD-II ECU on a live (virtual) bus; readings reach the broker."""
 
 from __future__ import annotations
 
