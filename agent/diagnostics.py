@@ -12,7 +12,7 @@ import fnmatch
 import logging
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.collect import Sample, tee
@@ -34,6 +34,7 @@ class DiagnosticsConfig:
         "*/ENGINE_1/EngineSpeed", "*/ENGINE_1/EngineLoad", "*/ENGINE_2/CoolantTemp",
         "*/ENGINE_2/OilPressure", "*/VEHICLE_DYNAMICS/VehicleSpeed", "*/BATTERY_12V/BatteryVoltage",
     )  # fmt: skip
+    lamps: dict[str, str] = field(default_factory=dict)  # lamp signal glob -> event code
     receipt_deadline_s: float = 300.0  # an event not confirmed by a bridge by then is overdue
     triggers: tuple[TriggerConfig, ...] = ()
 
@@ -52,43 +53,43 @@ class DtcWatcher:
         self._values: dict[str, dict[str, int]] = {}  # message path -> signal key -> raw code
         self._active: dict[str, set[str]] = {}  # message path -> active codes
         self._context: dict[str, float] = {}
-        self._is_dtc: dict[str, bool] = {}
-        self._opened: dict[str, int] = {}
+        self._role_cache: dict[str, frozenset[str]] = {}
+        self._opened: dict[str, int] = {}  # code -> sequence number of the envelope that set it
         self._frozen: dict[str, tuple[int, Any]] = {}  # freeze-frame signal -> (t_ms, value)
-        self._is_frozen: dict[str, bool] = {}  # code -> sequence number of the envelope that set it
+        self._lamps_on: set[str] = set()
         self.events = 0
 
-    def _matches(self, key: str) -> bool:
-        known = self._is_dtc.get(key)
-        if known is None:
+    def _roles(self, key: str) -> frozenset[str]:
+        """What a sample key is to diagnostics, worked out once per key."""
+        roles = self._role_cache.get(key)
+        if roles is None:
+            c = self.config
             path = key.split("@", 1)[0]
-            known = self._is_dtc[key] = any(
-                fnmatch.fnmatchcase(path, p) for p in self.config.dtc_signals
-            )
-        return known
+            found = set()
+            for role, patterns in (
+                ("odometer", (c.odometer,)), ("lat", (c.latitude,)), ("lon", (c.longitude,)),
+                ("dtc", c.dtc_signals), ("lamp", tuple(c.lamps)), ("frozen", c.freeze_frame),
+            ):  # fmt: skip
+                if any(fnmatch.fnmatchcase(path, p) for p in patterns):
+                    found.add(role)
+            roles = self._role_cache[key] = frozenset(found)
+        return roles
 
     def observe(self, sample: Sample) -> None:
         """Look at one sample; emit events when the active DTC set of its message changes."""
+        roles = self._roles(sample.key)
+        if not roles:
+            return
         t, key, value = sample
-        c = self.config
         path = key.split("@", 1)[0]
-        if fnmatch.fnmatchcase(path, c.odometer):
-            self._context["odometer_km"] = float(value)
-            return
-        if fnmatch.fnmatchcase(path, c.latitude):
-            self._context["lat"] = float(value)
-            return
-        if fnmatch.fnmatchcase(path, c.longitude):
-            self._context["lon"] = float(value)
-            return
-        frozen = self._is_frozen.get(key)
-        if frozen is None:
-            frozen = self._is_frozen[key] = any(
-                fnmatch.fnmatchcase(path, p) for p in c.freeze_frame
-            )
-        if frozen:
+        for name, ctx in (("odometer", "odometer_km"), ("lat", "lat"), ("lon", "lon")):
+            if name in roles and not isinstance(value, str):
+                self._context[ctx] = float(value)
+        if "frozen" in roles:
             self._frozen[path] = (int(t * 1000), value)
-        if not self._matches(key) or isinstance(value, str):
+        if "lamp" in roles:
+            self._lamp(t, path, value)
+        if "dtc" not in roles or isinstance(value, str):
             return
         message = key.rsplit("/", 1)[0]
         with self._lock:
@@ -108,6 +109,26 @@ class DtcWatcher:
                 for code, state in changes:
                     if state == "set" and seq is not None:
                         self._opened[code] = seq
+
+    def _lamp(self, t: float, path: str, value: Any) -> None:
+        """A warning lamp signal: on (non-zero) sets its code, off clears it."""
+        code = next(v for p, v in self.config.lamps.items() if fnmatch.fnmatchcase(path, p))
+        on = bool(value) and value not in ("Off", "off", "OFF")
+        with self._lock:
+            was = code in self._lamps_on
+            if on == was:
+                return
+            if on:
+                self._lamps_on.add(code)
+            else:
+                self._lamps_on.discard(code)
+        message = path.rsplit("/", 1)[0]
+        event = self._event(t, message, code, "set" if on else "clear")
+        event["source"] = "lamp"
+        seq = self._emit_events([event])
+        if on and seq is not None:
+            with self._lock:
+                self._opened[code] = seq
 
     def context(self) -> dict[str, Any]:
         """Odometer and (when collected) location, for any event."""

@@ -48,6 +48,12 @@ class ServiceRule:
             raise ConfigError("service_rules: 'match' must not be empty")
 
 
+def _title(code: str, event: dict[str, Any]) -> str:
+    if event.get("type") == "trigger":
+        return f"Trigger {code}: {event.get('condition', '')}"
+    return DESCRIPTIONS.get(code, f"Diagnostic trouble code {code}")
+
+
 class Ticketing:
     """Turns verified events into ticket records for the ``tickets`` route."""
 
@@ -78,7 +84,7 @@ class Ticketing:
                 "status": status,
                 "device": e.device,
                 "severity": rule.severity,
-                "title": rule.title or DESCRIPTIONS.get(code, f"Diagnostic event {code}"),
+                "title": rule.title or _title(code, event),
                 "recommended_action": rule.action,
                 "dtcs": [{"code": code, "description": DESCRIPTIONS.get(code, "")}],
                 "event_time_ms": event.get("t_ms"),

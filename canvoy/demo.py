@@ -33,6 +33,14 @@ from wire.errors import CanvoyError
 REPO = Path(__file__).resolve().parents[1]
 DEVICE, BRIDGE, OPERATOR = "demo-car-1", "demo-bridge", "demo-ops"
 DRIVE_S = 600.0
+DEMO_TRIGGER = """\
+  triggers:
+    - name: coolant_overtemp
+      when: "CoolantTemp > 112 for 5 s"
+      freeze_frame: [CoolantTemp, CoolantFanDuty, EngineSpeed, VehicleSpeed]
+      before_s: 10
+      after_s: 5
+"""
 SPEED = "x20"
 
 
@@ -192,6 +200,9 @@ def _run_agent(
             "--replay", str(log), "--speed", SPEED, "--policy",
             str(REPO / "dbc" / "demo_policy.yaml"), "--outbox",
             str(workdir / "outbox.sqlite"), "-o", str(agent_yaml))  # fmt: skip
+    # A threshold trigger with a freeze frame, next to the DTC the car itself broadcasts.
+    text = agent_yaml.read_text().replace("  triggers: []\n", DEMO_TRIGGER)
+    agent_yaml.write_text(text)
     console.print(f"[bold]4/5[/] bridge and agent running; the agent replays the drive at "
                   f"{SPEED[1:]}x real time")  # fmt: skip
     agent_status = workdir / "outbox.sqlite.status.json"
@@ -260,9 +271,14 @@ def _summary(console: Console, workdir: Path, desk: ServiceDesk, port: int) -> N
         where = (f", at {t['location']['lat']}, {t['location']['lon']}"
                  if t.get("location") else "")  # fmt: skip
         dtc = t["dtcs"][0]
+        frame = t.get("freeze_frame") or {}
+        samples = sum(len(v) for v in frame.values())
         console.print(
             f"      [bold red]service ticket[/] {t['ticket_id']} {t['status']}: {dtc['code']} "
-            f"{dtc['description']} ({t['severity']}; odometer {t.get('odometer_km')} km{where}); "
+            f"{dtc['description'] or t['title']} ({t['severity']}; odometer "
+            f"{t.get('odometer_km')} km{where}"
+            + (f"; freeze frame of {samples} samples" if samples else "")
+            + "); "
             f"evidence {t['evidence'][0]['envelope']}"
         )
     events = _events_report(workdir)

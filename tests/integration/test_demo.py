@@ -19,10 +19,13 @@ def test_demo_delivers_the_dtc_and_cleans_up(tmp_path: Path) -> None:
     out = done.stdout
     # Exactly one ticket for the P0217 episode, opened and then closed.
     tickets = {line.split()[2] for line in out.splitlines() if "service ticket" in line}
-    assert len(tickets) == 1 and next(iter(tickets)).startswith("demo-car-1:P0217:")
+    p0217 = [t for t in tickets if t.startswith("demo-car-1:P0217:")]
+    assert len(p0217) == 1, tickets
+    assert any(t.startswith("demo-car-1:coolant_overtemp:") for t in tickets)  # the trigger
     assert " open: P0217" in out and " closed: P0217" in out
     # The agent knows both events reached the service desk's side.
-    assert "P0217 set" in out and out.count("delivered at") == 2
+    assert "P0217 set" in out and "coolant_overtemp set" in out
+    assert out.count("delivered at") == 4 and "pending since" not in out
     assert "canvoy tail --certs" in out
     left = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True,
                           check=False)  # fmt: skip

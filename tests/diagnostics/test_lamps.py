@@ -1,0 +1,25 @@
+"""Warning lamps mapped to event codes: on sets, off clears, repeats are not events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.collect import Sample
+from agent.diagnostics import DiagnosticsConfig, DtcWatcher
+
+
+def test_a_lamp_sets_and_clears_once() -> None:
+    events: list[Any] = []
+
+    def emit(batch: list[Any]) -> int:
+        events.extend(batch)
+        return 7
+
+    watcher = DtcWatcher(DiagnosticsConfig(lamps={"*/INSTRUMENT/MilLamp": "MIL"}), emit)
+    for t, v in enumerate([0, 1, 1, 1, 0, 0]):
+        watcher.observe(Sample(float(t), "car/INSTRUMENT/Odometer", 100.0 + t))
+        watcher.observe(Sample(float(t), "car/INSTRUMENT/MilLamp", v))
+    assert [(e["code"], e["state"], e["source"]) for e in events] == [
+        ("MIL", "set", "lamp"), ("MIL", "clear", "lamp"),
+    ]  # fmt: skip
+    assert events[0]["odometer_km"] == 101.0 and events[1]["opened_seq"] == 7
