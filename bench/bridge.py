@@ -19,6 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.venv import reexec_in_venv
+
+reexec_in_venv()
+
+
 from broker.config import BrokerSettings
 from broker.process import Broker
 from certs import pki

@@ -11,10 +11,14 @@ import time
 from collections import Counter
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.venv import reexec_in_venv
+
+reexec_in_venv()
+
 import can
 from cantools.database.can import Database
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.collect import Collector, Sample
 from agent.database import build_index

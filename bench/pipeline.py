@@ -22,6 +22,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.venv import reexec_in_venv
+
+reexec_in_venv()
+
+
 import can
 import paho.mqtt.client as paho
 from cryptography.hazmat.primitives.asymmetric import ec
