@@ -117,19 +117,25 @@ def _fleet(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_a: stop.set())
     signal.signal(signal.SIGINT, lambda *_a: stop.set())
     vehicles: list[tuple[VirtualDevice, Connection]] = []
+    issued = 0
     for i in range(1, args.vehicles + 1):
         name = f"{args.prefix}-{i:04}"
         folder = pki.identity_dir(args.certs, "device", name)
         if not (folder / "cert.pem").exists():
             pki.issue(args.certs, "device", name)
+            issued += 1
         dev = VirtualDevice.from_pki(args.certs, name)
         conn = Connection(client_id=name, tls=client_context(
             ca=ca, cert=folder / "cert.pem", key=folder / "key.pem"))  # fmt: skip
         conn.connect(host, port)
         conn.publish(dev.topic("status"), dev.birth(), retain=True)
         vehicles.append((dev, conn))
+    if issued:
+        print(f"issued {issued} new device certificate(s): the broker accepts their publishes "
+              "once its ACL is reloaded (SIGHUP to 'canvoy broker')")  # fmt: skip
     print(f"{len(vehicles)} vehicles connected; publishing one batch per vehicle per second")
     sent = failed = 0
+    first_error = ""
     start = time.time()
     second = 0
     while not stop.is_set() and second < args.duration:
@@ -140,11 +146,14 @@ def _fleet(args: argparse.Namespace) -> int:
             try:
                 fut.result(30)
                 sent += 1
-            except (TransportError, TimeoutError):
+            except (TransportError, TimeoutError) as exc:
                 failed += 1
+                first_error = first_error or str(exc)
         second += 1
         stop.wait(max(0.0, start + second - time.time()))
     for _dev, conn in vehicles:
         conn.close()
     print(f"published {sent:,} batches ({failed} failed) from {len(vehicles)} vehicles")
+    if failed:
+        print(f"first failure: {first_error}")
     return 1 if failed else 0

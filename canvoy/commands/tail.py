@@ -77,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     conn.subscribe(topics)
     console = Console(stderr=False)
     err = Console(stderr=True)
+    err.print(f"following {', '.join(t for t, _q in topics)} on {host}:{port} (Ctrl-C to stop)")
     shown = 0
     try:
         while args.count is None or shown < args.count:
