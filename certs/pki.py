@@ -65,6 +65,22 @@ def identity_dir(root: Path, kind: IdentityKind, name: str) -> Path:
     return root / kind / name
 
 
+def require_identity(root: Path, kind: IdentityKind, name: str) -> Path:
+    """The folder of ``kind``/``name``, after checking the CA, certificate and key are there.
+
+    Raises:
+        PKIError: a file is missing; the message says how to issue it.
+    """
+    folder = identity_dir(root, kind, name)
+    for needed in (ca_cert_path(root), folder / "cert.pem", folder / "key.pem"):
+        if not needed.exists():
+            raise PKIError(
+                f"{needed} does not exist: issue it with "
+                f"'canvoy certs issue {kind} {name} --dir {root}'"
+            )
+    return folder
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 

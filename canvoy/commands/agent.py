@@ -14,6 +14,7 @@ from agent.outbox import EventStatus, open_status
 from agent.service import Agent, status_path
 from agent.source import parse_speed
 from canvoy.signals import stop_on_signals
+from certs import pki
 from wire.errors import ConfigError
 from wire.ids import check_id
 
@@ -134,13 +135,7 @@ def _quote(path: Path) -> str:
 def _init(args: argparse.Namespace) -> int:
     device = check_id(args.device)
     host, port = parse_broker(args.broker)
-    folder = args.certs / "device" / device
-    for needed in (args.certs / "ca.pem", folder / "cert.pem", folder / "key.pem"):
-        if not needed.exists():
-            raise ConfigError(
-                f"{needed} does not exist: issue the device first with "
-                f"'canvoy certs issue device {device} --dir {args.certs}'"
-            )
+    folder = pki.require_identity(args.certs, "device", device)
     if args.output.exists() and not args.force:
         raise ConfigError(f"{args.output} exists: pass --force to overwrite it")
     if args.replay is not None:

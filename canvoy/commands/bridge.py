@@ -12,6 +12,7 @@ from bridge.service import Bridge
 from bridge.sinks.webhook import WebhookConfig, WebhookSink
 from canvoy.commands.agent import parse_broker
 from canvoy.signals import stop_on_signals
+from certs import pki
 from wire.errors import ConfigError
 from wire.ids import check_id
 from wire.schema import build
@@ -93,13 +94,7 @@ def _init(args: argparse.Namespace) -> int:
         raise ConfigError(f"--identity {args.identity!r} must be bridge/NAME")
     check_id(name)
     host, port = parse_broker(args.broker)
-    folder = args.certs / "bridge" / name
-    for needed in (args.certs / "ca.pem", folder / "cert.pem", folder / "key.pem"):
-        if not needed.exists():
-            raise ConfigError(
-                f"{needed} does not exist: issue it with "
-                f"'canvoy certs issue bridge {name} --dir {args.certs}'"
-            )
+    folder = pki.require_identity(args.certs, "bridge", name)
     if args.output.exists() and not args.force:
         raise ConfigError(f"{args.output} exists: pass --force to overwrite it")
     if bool(args.webhook) != bool(args.webhook_secret_file):
