@@ -42,7 +42,7 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _bridge_yaml(root: Path, certs: Path, port: int) -> Path:
+def _bridge_yaml(root: Path, certs: Path, port: int, workers: int | None) -> Path:
     folder = pki.identity_dir(certs, "bridge", "bench")
     config = root / "bridge.yaml"
     config.write_text(json.dumps({
@@ -51,6 +51,7 @@ def _bridge_yaml(root: Path, certs: Path, port: int) -> Path:
                 "key": str(folder / "key.pem")},
         "broker": {"host": "127.0.0.1", "port": port},
         "receipts": False,
+        "verify_workers": workers,
         "quarantine": str(root / "quarantine.jsonl"),
         "status_file": str(root / "status.json"),
         "sinks": {"files": {"type": "jsonl", "path": str(root / "out.jsonl"),
@@ -79,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--envelopes", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, help="verify_workers (default: the bridge's)")
     parser.add_argument(
         "--signals",
         type=int,
@@ -109,14 +111,24 @@ def main() -> None:
                         names=names,
                         total=args.envelopes,
                         signals=signals,
+                        workers=args.workers,
                     )
             finally:
                 broker.stop()
 
 
-def _run(root: Path, certs: Path, port: int, *, names: list[str], total: int, signals: int) -> None:
+def _run(
+    root: Path,
+    certs: Path,
+    port: int,
+    *,
+    names: list[str],
+    total: int,
+    signals: int,
+    workers: int | None,
+) -> None:
     root.mkdir()
-    config = _bridge_yaml(root, certs, port)
+    config = _bridge_yaml(root, certs, port, workers)
     cmd = [sys.executable, "-m", "canvoy", "-v", "bridge", "run", "--config", str(config)]
     log = (root / "bridge.log").open("ab")
     first = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)

@@ -40,6 +40,7 @@ class BridgeConfig:
     hold_unknown_s: float = 10.0
     replay_window: int = 100_000
     batch_max: int = 500
+    verify_workers: int | None = None  # verifying processes; None: one per core (<= 4)
     quarantine: Path = Path("quarantine.jsonl")
     status_file: Path | None = None
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)

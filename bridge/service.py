@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -26,6 +27,7 @@ from bridge.records import Record, records
 from bridge.sinks.base import Sink, SinkContext, build_sink
 from bridge.tickets import Ticketing
 from bridge.verify import ReplayWindow, Verified, Verifier
+from bridge.workers import Job, VerifyPool, public_bytes
 from transport.mqtt import Connection, Message
 from wire import body
 from wire.errors import (
@@ -93,6 +95,12 @@ class Bridge:
             kind: [self.sinks[n] for n in names] for kind, names in config.routes.items()
         }
         self.ticketing = Ticketing(config.service_rules)
+        workers = config.verify_workers
+        if workers is None:
+            cores = os.cpu_count() or 1
+            workers = min(4, cores) if cores > 1 else 0
+        self.pool = VerifyPool(workers) if workers > 0 else None
+        self._sec1: dict[str, bytes] = {}
         self.stats: Counter[str] = Counter()
         self._queue: queue.Queue[tuple[Connection, Message]] = queue.Queue()
         self._held: list[_Held] = []
@@ -199,6 +207,8 @@ class Bridge:
                 conn.close()
             for sink in self.sinks.values():
                 sink.close()
+            if self.pool is not None:
+                self.pool.close()
             self._report()
         return 0
 
@@ -248,14 +258,7 @@ class Bridge:
 
     def _verify(self, conn: Connection, msg: Message, *, held: bool = False) -> _Item | None:
         try:
-            verified = self.verifier.check(msg.topic, bytes(msg.payload))
-        except DuplicateError as exc:
-            # Counted, not an error; noted in the quarantine log, which lists everything that
-            # arrived and was not forwarded.
-            self.stats["duplicates"] += 1
-            self.quarantine.add(msg.topic, exc.reason, str(exc), bytes(msg.payload))
-            self._ack(conn, msg)
-            return None
+            verified = self.verifier.check(msg.topic, bytes(msg.payload), admit=False)
         except UnknownDeviceError as exc:
             if exc.reason == "unknown_device" and not held:
                 self._held.append(_Held(conn, msg, time.monotonic() + self.config.hold_unknown_s))
@@ -270,8 +273,59 @@ class Bridge:
             log.exception("unexpected error verifying %s", msg.topic)
             self._reject(conn, msg, "malformed", f"{type(exc).__name__}: {exc}")
             return None
+        return self._admit(conn, msg, verified, records(verified))
+
+    def _admit(
+        self, conn: Connection, msg: Message, verified: Verified, recs: list[Record]
+    ) -> _Item | None:
+        """The replay window, in this process whoever verified the signature."""
+        try:
+            self.verifier.admit(verified)
+        except DuplicateError as exc:
+            # Counted, not an error; noted in the quarantine log, which lists everything that
+            # arrived and was not forwarded.
+            self.stats["duplicates"] += 1
+            self.quarantine.add(msg.topic, exc.reason, str(exc), bytes(msg.payload))
+            self._ack(conn, msg)
+            return None
+        except EnvelopeError as exc:
+            self._reject(conn, msg, exc.reason, str(exc))
+            return None
         self.stats["verified"] += 1
-        return _Item(conn, msg, verified, records(verified))
+        return _Item(conn, msg, verified, recs)
+
+    def _verify_in_workers(
+        self, batch: Sequence[tuple[Connection, Message]], pool: VerifyPool
+    ) -> list[_Item]:
+        """Telemetry and events of known devices go to the workers; the rest stays here."""
+        items: list[_Item] = []
+        jobs: list[Job] = []
+        owners: list[tuple[Connection, Message]] = []
+        for conn, msg in batch:
+            parts = msg.topic.split("/")
+            known = (
+                self.keys.get(parts[2])
+                if len(parts) == 4 and parts[3] in ("telemetry", "events")
+                else None
+            )
+            if known is None:  # a birth, an unknown device, a strange topic
+                item = self._verify(conn, msg)
+                if item is not None:
+                    items.append(item)
+                continue
+            sec1 = self._sec1.get(known.fingerprint)
+            if sec1 is None:
+                sec1 = self._sec1[known.fingerprint] = public_bytes(known.key)
+            jobs.append((msg.topic, bytes(msg.payload), sec1))
+            owners.append((conn, msg))
+        for (conn, msg), outcome in zip(owners, pool.verify(jobs), strict=True):
+            if outcome.verified is None:
+                self._reject(conn, msg, outcome.reason, outcome.detail)
+                continue
+            item = self._admit(conn, msg, outcome.verified, list(outcome.records))
+            if item is not None:
+                items.append(item)
+        return items
 
     def _recheck_held(self) -> None:
         if not self._held:
@@ -291,7 +345,10 @@ class Bridge:
 
     def _process(self, batch: Sequence[tuple[Connection, Message]]) -> None:
         self.stats["received"] += len(batch)
-        items = [i for conn, msg in batch if (i := self._verify(conn, msg)) is not None]
+        if self.pool is not None:
+            items = self._verify_in_workers(batch, self.pool)
+        else:
+            items = [i for conn, msg in batch if (i := self._verify(conn, msg)) is not None]
         if items:
             self._forward(items)
 

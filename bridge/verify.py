@@ -12,6 +12,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import ec
+
 from wire import body
 from wire.envelope import SignedEnvelope, unpack, verify
 from wire.errors import DuplicateError, IdentityMismatchError, ReplayError
@@ -109,26 +111,48 @@ class Verifier:
         Raises:
             EnvelopeError: a subclass whose ``reason`` names the failure.
         """
-        device, kind = parse_topic(topic)
-        signed = unpack(payload)
-        e = signed.envelope
-        if e.device != device:
-            raise IdentityMismatchError(
-                f"topic {topic!r} carries an envelope of device {e.device!r}"
-            )
-        if e.kind != kind:
-            raise IdentityMismatchError(f"topic {topic!r} carries a {e.kind!r} envelope")
-        content = body.decode(e.encoding, e.body)
-        parsed = _PARSERS.get(kind)
-        if parsed is None:
-            raise IdentityMismatchError(f"devices do not publish {kind!r} messages")
-        result = parsed(content)
-        if isinstance(result, body.Status):
+        verified = check_envelope(topic, payload, self._key_for)
+        if admit:
+            self.admit(verified)
+        return verified
+
+    def _key_for(self, device: str, parsed: Parsed) -> ec.EllipticCurvePublicKey:
+        if isinstance(parsed, body.Status):
             # A birth carries the device certificate: check it, then the signature with it.
-            key = self.keys.learn(device, result.cert_pem)
-        else:
-            key = self.keys.require(device)
-        verify(signed, key.key)
-        if admit and kind != "status":
-            self.window.admit(device, e.boot, e.seq)
-        return Verified(topic, signed, content, result)
+            return self.keys.learn(device, parsed.cert_pem).key
+        return self.keys.require(device).key
+
+    def admit(self, verified: Verified) -> None:
+        """Apply the replay window to an envelope verified elsewhere (e.g. a worker process).
+
+        Raises:
+            DuplicateError: already admitted.
+            ReplayError: far behind the window.
+        """
+        e = verified.signed.envelope
+        if e.kind != "status":
+            self.window.admit(e.device, e.boot, e.seq)
+
+
+def check_envelope(
+    topic: str, payload: bytes, key_for: Callable[[str, Parsed], ec.EllipticCurvePublicKey]
+) -> Verified:
+    """Everything but the replay window: structure, identity, body, then the signature.
+
+    Raises:
+        EnvelopeError: a subclass whose ``reason`` names the failure.
+    """
+    device, kind = parse_topic(topic)
+    signed = unpack(payload)
+    e = signed.envelope
+    if e.device != device:
+        raise IdentityMismatchError(f"topic {topic!r} carries an envelope of device {e.device!r}")
+    if e.kind != kind:
+        raise IdentityMismatchError(f"topic {topic!r} carries a {e.kind!r} envelope")
+    content = body.decode(e.encoding, e.body)
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        raise IdentityMismatchError(f"devices do not publish {kind!r} messages")
+    parsed = parser(content)
+    verify(signed, key_for(device, parsed))
+    return Verified(topic, signed, content, parsed)

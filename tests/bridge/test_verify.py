@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -150,3 +151,24 @@ def test_a_decompression_bomb_is_refused() -> None:
     bomb = zstandard.ZstdCompressor().compress(b"\x00" * (body.MAX_BODY_BYTES + 10))
     with pytest.raises(MalformedError, match="decompress"):
         body.decode("zstd", bomb)
+
+
+def test_worker_processes_verify_like_the_main_process(pki_dir: Path) -> None:
+    from bridge.workers import VerifyPool, public_bytes
+
+    car = VirtualDevice.from_pki(pki_dir, "car-1")
+    key = public_bytes(_verifier(pki_dir).keys.learn("car-1", car.cert_pem).key)
+    good = car.telemetry({"pt/A/b": [(1.0, 2.5), (2.0, 3.5)]})
+    forged = VirtualDevice("car-1", ec.generate_private_key(ec.SECP256R1()), car.cert_pem)
+    topic = car.topic("telemetry")
+    pool = VerifyPool(2)
+    try:
+        ok, bad, junk = pool.verify(
+            [(topic, good, key), (topic, forged.telemetry({"pt/A/b": [(1.0, 9.9)]}), key),
+             (topic, b"\x00", key)]
+        )  # fmt: skip
+    finally:
+        pool.close()
+    assert ok.verified is not None and ok.verified.key == f"car-1:{car.boot.hex()}:1"
+    assert json.loads(ok.records[0].json())["series"]["pt/A/b"]["v"] == [2.5, 3.5]
+    assert (bad.reason, junk.reason) == ("bad_signature", "malformed")
