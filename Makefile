@@ -53,6 +53,7 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/bridge.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-run
