@@ -17,15 +17,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    wait_exponential,
-    wait_random,
-)
-
 from agent.outbox import Outbox, Row
+from transport.backoff import StoppedError, retry_until_stopped
 from transport.mqtt import Connection, Message, Will
 from wire import body
 from wire.errors import (
@@ -143,7 +136,6 @@ class Publisher:
         self._will = will
         self._clock = clock
         self._stop = threading.Event()
-        self._draining = threading.Event()
         self._wake = threading.Event()
         outbox.listeners.append(self._wake)
         self._conn: Connection | None = None
@@ -209,37 +201,24 @@ class Publisher:
     def _connect(self) -> Connection | None:
         c = self.config
 
-        def note(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            wait = state.next_action.sleep if state.next_action else 0
-            self.stats.last_error = str(exc)
-            if isinstance(exc, ConnectRefusedError):
+        def note(error: BaseException | None, wait: float) -> None:
+            self.stats.last_error = str(error)
+            if isinstance(error, ConnectRefusedError):
                 # A certificate or authorization problem will not fix itself: say so loudly.
-                log.error("broker refused the connection: %s; retrying in %.0f s", exc, wait)
+                log.error("broker refused the connection: %s; retrying in %.0f s", error, wait)
             else:
-                log.warning("cannot connect: %s; retrying in %.1f s", exc, wait)
+                log.warning("cannot connect: %s; retrying in %.1f s", error, wait)
 
-        retrying = Retrying(
-            retry=retry_if_exception_type(TransportError),
-            wait=wait_exponential(multiplier=c.reconnect_min_s, min=c.reconnect_min_s,
-                                  max=c.reconnect_max_s) + wait_random(0, c.reconnect_min_s),
-            sleep=self._sleep,
-            before_sleep=note,
-            reraise=True,
-        )  # fmt: skip
         try:
-            conn: Connection = retrying(self._connect_once)
-        except _StoppedError:
+            return retry_until_stopped(
+                self._connect_once, retry_on=TransportError, stop=self._stop,
+                initial_s=c.reconnect_min_s, max_s=c.reconnect_max_s,
+                jitter_s=c.reconnect_min_s, on_retry=note,
+            )  # fmt: skip
+        except StoppedError:
             return None
-        return conn
-
-    def _sleep(self, seconds: float) -> None:
-        if self._stop.wait(seconds):
-            raise _StoppedError
 
     def _connect_once(self) -> Connection:
-        if self._stop.is_set():
-            raise _StoppedError
         device = self.identity.device
         status_topic = topic(device, "status")
         conn = Connection(
@@ -324,7 +303,3 @@ class Publisher:
         self.outbox.acknowledge(acked)
         if lost:
             raise ConnectionLostError("publishes failed with the connection")
-
-
-class _StoppedError(Exception):
-    """Raised inside the retry loop when the agent is stopping."""

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import can
-from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_random
 
+from transport.backoff import StoppedError, retry_until_stopped
 from wire.errors import DecodeError
 
 log = logging.getLogger(__name__)
@@ -237,28 +237,26 @@ class BusSupervisor:
         self._thread.join(timeout_s)
 
     def _open(self) -> can.BusABC:
-        for attempt in Retrying(
-            wait=wait_exponential(multiplier=self._backoff_initial_s, max=60)
-            + wait_random(0, self._backoff_initial_s),
-            retry=retry_if_exception_type((can.CanError, OSError, ValueError)),
-            before_sleep=lambda state: self._note_failure(state.outcome),
-            reraise=True,
-        ):
-            with attempt:
-                if self._stop.is_set():
-                    raise InterruptedError
-                bus: can.BusABC = self._opener()
-                return bus
-        raise AssertionError("unreachable")
+        """Open the bus, retrying with back-off.
+
+        Raises:
+            StoppedError: the supervisor was stopped first.
+        """
+        bus: can.BusABC = retry_until_stopped(
+            self._opener, retry_on=(can.CanError, OSError, ValueError), stop=self._stop,
+            initial_s=self._backoff_initial_s, max_s=60.0, jitter_s=self._backoff_initial_s,
+            on_retry=self._note_failure,
+        )  # fmt: skip
+        return bus
 
     @property
     def bus(self) -> can.BusABC | None:
         """The bus currently open, if any."""
         return self._bus
 
-    def _note_failure(self, outcome: Any) -> None:
+    def _note_failure(self, error: BaseException | None, _wait: float) -> None:
         self.open_failures += 1
-        log.warning("bus %s: cannot open (%s); retrying", self.name, outcome.exception())
+        log.warning("bus %s: cannot open (%s); retrying", self.name, error)
 
     def _run(self) -> None:
         supervisor = self
@@ -274,7 +272,7 @@ class BusSupervisor:
         while not self._stop.is_set():
             try:
                 bus = self._open()
-            except InterruptedError:
+            except StoppedError:
                 return
             self._failed.clear()
             self._bus = bus

@@ -17,9 +17,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
-
-from tenacity import Retrying, retry_if_exception_type, wait_exponential, wait_random
 
 from bridge.config import BridgeConfig
 from bridge.quarantine import Quarantine
@@ -28,6 +25,7 @@ from bridge.sinks.base import Sink, SinkContext, build_sink
 from bridge.tickets import Ticketing
 from bridge.verify import ReplayWindow, Verified, Verifier
 from bridge.workers import Job, VerifyPool, public_bytes
+from transport.backoff import StoppedError, retry_until_stopped
 from transport.mqtt import Connection, Message
 from wire import body
 from wire.errors import (
@@ -59,10 +57,6 @@ class _Item:
     msg: Message
     verified: Verified
     records: list[Record]
-
-
-class _StoppingError(Exception):
-    """Raised inside retry loops when the bridge is stopping."""
 
 
 class Bridge:
@@ -129,8 +123,6 @@ class Bridge:
         ]
 
     def _connect_once(self) -> Connection:
-        if self._stop.is_set():
-            raise _StoppingError
         c = self.config
         conn = Connection(
             client_id=c.name, tls=self.tls, clean_start=False,
@@ -147,20 +139,17 @@ class Bridge:
         return conn
 
     def _keep_connected(self) -> None:
-        def note(state: Any) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            log.error("bridge cannot connect: %s", exc)
+        def note(error: BaseException | None, _wait: float) -> None:
+            log.error("bridge cannot connect: %s", error)
             self.stats["connect_failures"] += 1
 
         while not self._stop.is_set():
-            retrying = Retrying(
-                retry=retry_if_exception_type(TransportError),
-                wait=wait_exponential(min=0.5, max=RECONNECT_MAX_S) + wait_random(0, 0.5),
-                sleep=self._sleep, before_sleep=note,
-            )  # fmt: skip
             try:
-                conn = retrying(self._connect_once)
-            except _StoppingError:
+                conn = retry_until_stopped(
+                    self._connect_once, retry_on=TransportError, stop=self._stop,
+                    initial_s=1.0, max_s=RECONNECT_MAX_S, jitter_s=0.5, on_retry=note,
+                )  # fmt: skip
+            except StoppedError:
                 return
             self._conn = conn
             self._connected.set()
@@ -171,10 +160,6 @@ class Bridge:
             self._connected.clear()
             if not self._stop.is_set():
                 log.warning("bridge lost its connection: %s", conn.closed.result())
-
-    def _sleep(self, seconds: float) -> None:
-        if self._stop.wait(seconds):
-            raise _StoppingError
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -197,7 +182,7 @@ class Bridge:
                     next_report = time.monotonic() + 10
                 if until is not None and until():
                     break
-        except _StoppingError:
+        except StoppedError:
             pass
         finally:
             self._stop.set()
@@ -363,7 +348,7 @@ class Bridge:
                 if chosen:
                     for sink in sinks:
                         self._deliver(sink, chosen)
-        except _StoppingError:
+        except StoppedError:
             # Not forwarded everywhere: unacknowledged, so the broker delivers them again.
             for i in items:
                 e = i.verified.signed.envelope
@@ -379,17 +364,14 @@ class Bridge:
             self.on_forwarded([i.verified for i in items])
 
     def _deliver(self, sink: Sink, chosen: list[Record]) -> None:
-        def note(state: Any) -> None:
-            exc = state.outcome.exception() if state.outcome else None
+        def note(error: BaseException | None, _wait: float) -> None:
             self.stats[f"sink_retries_{sink.name}"] += 1
-            log.error("sink %s: %s; %d record(s) wait, retrying", sink.name, exc, len(chosen))
+            log.error("sink %s: %s; %d record(s) wait, retrying", sink.name, error, len(chosen))
 
-        retrying = Retrying(
-            retry=retry_if_exception_type(SinkError),
-            wait=wait_exponential(min=0.2, max=RECONNECT_MAX_S) + wait_random(0, 0.2),
-            sleep=self._sleep, before_sleep=note,
+        retry_until_stopped(
+            lambda: sink.deliver(chosen), retry_on=SinkError, stop=self._stop,
+            initial_s=1.0, max_s=RECONNECT_MAX_S, jitter_s=0.2, on_retry=note,
         )  # fmt: skip
-        retrying(sink.deliver, chosen)
 
     def _send_receipts(self, events: list[Verified]) -> None:
         """Tell each device which of its events are durably forwarded (best effort)."""
