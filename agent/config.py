@@ -47,10 +47,6 @@ class AgentConfig:
             raise ConfigError("shutdown_timeout_s must be >= 0")
 
 
-def _resolve(base: Path, path: Path) -> Path:
-    return path if path.is_absolute() else base / path
-
-
 def load_config(path: Path) -> AgentConfig:
     """Read ``agent.yaml``; relative paths in it are relative to the file's directory.
 
@@ -60,25 +56,20 @@ def load_config(path: Path) -> AgentConfig:
     data = read_yaml(path, "agent config")
     config = build(AgentConfig, data)
     base = path.resolve().parent
-    tls = TlsFiles(
-        ca=_resolve(base, config.tls.ca),
-        cert=_resolve(base, config.tls.cert),
-        key=_resolve(base, config.tls.key),
-    )
     buses = tuple(
         dataclasses.replace(
             b,
-            databases=tuple(_resolve(base, d) for d in b.databases),
-            replay=_resolve(base, b.replay) if b.replay is not None else None,
+            databases=tuple(base / d for d in b.databases),
+            replay=base / b.replay if b.replay is not None else None,
         )
         for b in config.buses
     )
     return dataclasses.replace(
         config,
-        tls=tls,
+        tls=config.tls.resolve(base),
         buses=buses,
-        policy=_resolve(base, config.policy) if config.policy is not None else None,
-        outbox=dataclasses.replace(config.outbox, path=_resolve(base, config.outbox.path)),
+        policy=base / config.policy if config.policy is not None else None,
+        outbox=dataclasses.replace(config.outbox, path=base / config.outbox.path),
     )
 
 

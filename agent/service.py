@@ -28,7 +28,6 @@ from agent.triggers import TriggerWatcher
 from canvoy import __version__
 from wire import body
 from wire.envelope import Envelope, sign
-from wire.tls import client_context
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,7 @@ class Agent:
     """One device's agent. ``run`` blocks until ``stop`` (SIGTERM) or, if asked, until every
     replayed log has ended and the outbox is empty."""
 
-    def __init__(self, config: AgentConfig, *, page_limit: int | None = None) -> None:
+    def __init__(self, config: AgentConfig) -> None:
         """Build every part from ``config``; nothing is started yet.
 
         Raises:
@@ -56,10 +55,7 @@ class Agent:
         self.boot = os.urandom(16)
         self.key, self.cert_pem = load_device_key(config)
         self.policy = load_policy(config.policy)
-        self.outbox = Outbox(
-            config.outbox, device=config.device, boot=self.boot, key=self.key,
-            page_limit=page_limit,
-        )  # fmt: skip
+        self.outbox = Outbox(config.outbox, device=config.device, boot=self.boot, key=self.key)
         self.batcher = Batcher(config.batch, self.outbox.seal, self.policy.hash)
         self.dtcs = DtcWatcher(config.diagnostics, self.batcher.add_events)
         self.triggers = TriggerWatcher(
@@ -67,16 +63,13 @@ class Agent:
         )
         self.dm1: list[Dm1Watcher] = []
         self.obd: list[ObdPoller] = []
+        # Every sample goes to the batcher, the DTC watcher and the triggers.
+        self._emit = self.dtcs.wrap(self.triggers.wrap(self.batcher.add))
         self.ingest = Ingest(
-            config.buses,
-            self.policy,
-            self.dtcs.wrap(self.triggers.wrap(self.batcher.add)),
-            taps=self._taps,
-            on_open=self._obd,
+            config.buses, self.policy, self._emit, taps=self._taps, on_open=self._obd
         )
-        tls = client_context(ca=config.tls.ca, cert=config.tls.cert, key=config.tls.key)
         self.publisher = Publisher(
-            config.mqtt, Identity(config.device, tls), self.outbox,
+            config.mqtt, Identity(config.device, config.tls.context()), self.outbox,
             birth=lambda: self._status("online"), will=lambda: self._status("offline"),
         )  # fmt: skip
         self._stop = threading.Event()
@@ -95,10 +88,9 @@ class Agent:
         config = bus.obd
         if config is None:
             return None
-        emit = self.dtcs.wrap(self.triggers.wrap(self.batcher.add))
 
         def start(live: can.BusABC, notifier: can.Notifier) -> Callable[[], None]:
-            poller = ObdPoller(bus.name, live, notifier, config, emit=emit,
+            poller = ObdPoller(bus.name, live, notifier, config, emit=self._emit,
                                emit_events=self.batcher.add_events)  # fmt: skip
             poller.start()
             self.obd.append(poller)
@@ -125,9 +117,7 @@ class Agent:
         """Ask ``run`` to shut down (safe from a signal handler)."""
         self._stop.set()
 
-    def run(
-        self, *, exit_when_done: bool = False, on_tick: Callable[[], None] | None = None
-    ) -> int:
+    def run(self, *, exit_when_done: bool = False) -> int:
         """Run until stopped; return the exit code (0 after an orderly shutdown)."""
         self.publisher.start()
         self.ingest.start()
@@ -140,8 +130,6 @@ class Agent:
                 if now >= next_status:
                     self.write_status()
                     next_status = now + STATUS_EVERY_S
-                if on_tick is not None:
-                    on_tick()
                 if exit_when_done and self.ingest.replays_done():
                     self._await_receipts()
                     break
