@@ -31,7 +31,6 @@ from simulator.fleet import VirtualDevice, drive_series
 from transport.mqtt import Connection
 from wire import body
 from wire.envelope import unpack
-from wire.tls import client_context
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -152,12 +151,8 @@ def _run(
           f"({len(payloads[0][1][0]):,} bytes each) for {len(names)} devices "
           f"in {time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
     for dev, batch in payloads:
-        folder = pki.identity_dir(certs, "device", dev.device)
         conn = Connection(
-            client_id=dev.device,
-            tls=client_context(
-                ca=pki.ca_cert_path(certs), cert=folder / "cert.pem", key=folder / "key.pem"
-            ),
+            client_id=dev.device, tls=pki.tls_files(certs, "device", dev.device).context()
         )
         conn.connect("127.0.0.1", port)
         conn.publish(dev.topic("status"), dev.birth(), retain=True).result(10)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,6 @@ from broker.process import Broker
 from certs import pki
 from wire import body
 from wire.envelope import unpack, verify
-from wire.tls import client_context
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT, NAIVE, SUBSCRIBER = "bench-agent", "bench-naive", "bench-sub"
@@ -56,16 +54,9 @@ def wire_bytes(topic: str, payload: int) -> int:
     return 1 + length_bytes + remaining + PUBACK_BYTES + 2 * TLS_RECORD_BYTES
 
 
-def _tls(certs: Path, kind: pki.IdentityKind, name: str) -> ssl.SSLContext:
-    folder = pki.identity_dir(certs, kind, name)
-    return client_context(
-        ca=pki.ca_cert_path(certs), cert=folder / "cert.pem", key=folder / "key.pem"
-    )
-
-
 def _client(certs: Path, kind: pki.IdentityKind, name: str) -> paho.Client:
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=paho.MQTTv5)
-    client.tls_set_context(_tls(certs, kind, name))
+    client.tls_set_context(pki.tls_files(certs, kind, name).context())
     return client
 
 

@@ -18,6 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from wire.errors import PKIError
 from wire.ids import check_id
+from wire.tls import TlsFiles
 
 IdentityKind = Literal["broker", "device", "bridge", "operator"]
 KINDS: tuple[IdentityKind, ...] = get_args(IdentityKind)
@@ -63,6 +64,12 @@ def crl_path(root: Path) -> Path:
 def identity_dir(root: Path, kind: IdentityKind, name: str) -> Path:
     """``DIR/<kind>/<name>``: holds ``key.pem`` and ``cert.pem``."""
     return root / kind / name
+
+
+def tls_files(root: Path, kind: IdentityKind, name: str) -> TlsFiles:
+    """The fleet CA and ``kind``/``name``'s certificate and key, for a TLS client context."""
+    folder = identity_dir(root, kind, name)
+    return TlsFiles(ca=ca_cert_path(root), cert=folder / "cert.pem", key=folder / "key.pem")
 
 
 def require_identity(root: Path, kind: IdentityKind, name: str) -> Path:

@@ -14,7 +14,6 @@ from broker.config import BrokerSettings
 from broker.process import Broker
 from certs import pki
 from transport.mqtt import Connection, Message
-from wire.tls import client_context
 
 pytest_plugins = ["tests.bridgekit"]  # the webhook receiver and nats-server fixtures
 
@@ -54,10 +53,7 @@ class RunningBroker:
 
     def tls(self, kind: pki.IdentityKind, name: str) -> ssl.SSLContext:
         """A client TLS context for ``kind``/``name`` of this PKI."""
-        folder = pki.identity_dir(self.certs, kind, name)
-        return client_context(
-            ca=pki.ca_cert_path(self.certs), cert=folder / "cert.pem", key=folder / "key.pem"
-        )
+        return pki.tls_files(self.certs, kind, name).context()
 
     def connect(
         self,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import threading
 import time
 from pathlib import Path
@@ -12,13 +11,13 @@ from typing import Any
 import can
 
 from canvoy.commands.agent import parse_broker
+from canvoy.signals import stop_on_signals
 from certs import pki
 from simulator.emit import DEMO_DBC, DEMO_HV_DBC, Drive, record, run_live
 from simulator.fleet import VirtualDevice, drive_series
 from simulator.scenarios import load_scenario
 from transport.mqtt import Connection
 from wire.errors import ConfigError, PKIError, TransportError
-from wire.tls import client_context
 
 
 def add_parser(sub: Any) -> None:
@@ -88,8 +87,7 @@ def _record(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     drive, duration = _drive(args)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_a: stop.set())
-    signal.signal(signal.SIGINT, lambda *_a: stop.set())
+    stop_on_signals(stop.set)
     try:
         bus = can.Bus(interface=args.interface, channel=args.channel)
         fd_bus = (can.Bus(interface=args.interface, channel=args.fd_channel, fd=True)
@@ -114,19 +112,16 @@ def _fleet(args: argparse.Namespace) -> int:
     if not ca.exists():
         raise PKIError(f"no fleet CA in {args.certs}: run 'canvoy certs init --dir {args.certs}'")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_a: stop.set())
-    signal.signal(signal.SIGINT, lambda *_a: stop.set())
+    stop_on_signals(stop.set)
     vehicles: list[tuple[VirtualDevice, Connection]] = []
     issued = 0
     for i in range(1, args.vehicles + 1):
         name = f"{args.prefix}-{i:04}"
-        folder = pki.identity_dir(args.certs, "device", name)
-        if not (folder / "cert.pem").exists():
+        if not (pki.identity_dir(args.certs, "device", name) / "cert.pem").exists():
             pki.issue(args.certs, "device", name)
             issued += 1
         dev = VirtualDevice.from_pki(args.certs, name)
-        conn = Connection(client_id=name, tls=client_context(
-            ca=ca, cert=folder / "cert.pem", key=folder / "key.pem"))  # fmt: skip
+        conn = Connection(client_id=name, tls=pki.tls_files(args.certs, "device", name).context())
         conn.connect(host, port)
         conn.publish(dev.topic("status"), dev.birth(), retain=True)
         vehicles.append((dev, conn))

@@ -15,6 +15,7 @@ from rich.console import Console
 from bridge.records import Record, records
 from bridge.verify import Verifier
 from canvoy.commands.agent import parse_broker
+from certs import pki
 from transport.mqtt import Connection, Message
 from wire.errors import ConfigError, EnvelopeError
 from wire.keys import DeviceKeys
@@ -44,9 +45,7 @@ def _identity(args: argparse.Namespace) -> tuple[str, TlsFiles]:
     kind, _, name = args.identity.partition("/")
     if kind not in ("operator", "bridge") or not name:
         raise ConfigError(f"--identity {args.identity!r} must be operator/NAME")
-    folder = args.certs / kind / name
-    return name, TlsFiles(ca=args.certs / "ca.pem", cert=folder / "cert.pem",
-                          key=folder / "key.pem")  # fmt: skip
+    return name, pki.tls_files(args.certs, kind, name)
 
 
 def _show(console: Console, record: Record, signal_glob: str | None) -> None:
