@@ -14,6 +14,12 @@ from wire.schema import build
 from wire.topics import Kind, fleet_topic
 
 
+# Record kinds to the fleet topic they are republished on (tickets travel with the events).
+FLEET_KINDS: dict[str, Kind] = {
+    "telemetry": "telemetry", "events": "events", "status": "status", "tickets": "events",
+}  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MqttSinkConfig:
     """How long to wait for the broker's acknowledgements."""
@@ -35,10 +41,9 @@ class MqttSink:
         Raises:
             SinkError: a publish was refused or the connection dropped.
         """
-        kinds: dict[str, Kind] = {"telemetry": "telemetry", "events": "events", "status": "status",
-                                  "tickets": "events"}  # fmt: skip
         futures = [
-            self._publish(fleet_topic(r.device, kinds[r.kind]), r.json().encode()) for r in records
+            self._publish(fleet_topic(r.device, FLEET_KINDS[r.kind]), r.json().encode())
+            for r in records
         ]
         try:
             for fut in futures:
