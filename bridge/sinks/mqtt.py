@@ -13,7 +13,6 @@ from wire.errors import SinkError, TransportError
 from wire.schema import build
 from wire.topics import Kind, fleet_topic
 
-
 # Record kinds to the fleet topic they are republished on (tickets travel with the events).
 FLEET_KINDS: dict[str, Kind] = {
     "telemetry": "telemetry", "events": "events", "status": "status", "tickets": "events",
