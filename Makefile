@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	  { echo "canvoy needs Python >= 3.11; this is $$($(PYTHON) --version). Install python3.11 or newer and run 'make PYTHON=python3.11 setup'." >&2; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[all,dev]'
 	@touch $(STAMP)
 
 # Installs what is missing with apt-get (through sudo when not root); says what to do elsewhere.

@@ -9,11 +9,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.collect import Sample
-from wire import body
-from wire.envelope import MAX_PAYLOAD_BYTES, Encoding
-from wire.errors import ConfigError
-from wire.topics import Kind
+from canvoy.agent.collect import Sample
+from canvoy.errors import ConfigError
+from canvoy.wire import body
+from canvoy.wire.envelope import MAX_PAYLOAD_BYTES, Encoding
+from canvoy.wire.topics import Kind
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from agent.database import EXTENDED, Index
-from agent.obd import ObdConfig
-from agent.source import LOG_SUFFIXES, parse_speed
-from wire.errors import ConfigError
-from wire.ids import ID_PATTERN
+from canvoy.agent.database import EXTENDED, Index
+from canvoy.agent.obd import ObdConfig
+from canvoy.agent.source import LOG_SUFFIXES, parse_speed
+from canvoy.errors import ConfigError
+from canvoy.wire.ids import ID_PATTERN
 
 J1939_PGN_MASK = 0x03FFFF00  # priority and source address left out
 J1939_PDU1_MASK = 0x03FF0000  # ... and the destination address too

@@ -16,9 +16,9 @@ from typing import NamedTuple
 import can
 from cantools.database.can import Message
 
-from agent.database import EXTENDED, Index, signal_bits
-from agent.decode import DecodeStats, Value, data_frame_key, decode_payload
-from agent.policy import Policy, SignalPlan
+from canvoy.agent.database import EXTENDED, Index, signal_bits
+from canvoy.agent.decode import DecodeStats, Value, data_frame_key, decode_payload
+from canvoy.agent.policy import Policy, SignalPlan
 
 INF = math.inf
 

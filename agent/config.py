@@ -11,15 +11,15 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509 import load_pem_x509_certificate
 from cryptography.x509.oid import NameOID
 
-from agent.batch import BatchConfig
-from agent.buses import BusConfig
-from agent.diagnostics import DiagnosticsConfig
-from agent.outbox import OutboxConfig
-from agent.publish import MqttConfig
-from wire.errors import ConfigError
-from wire.ids import check_id
-from wire.schema import build, read_yaml
-from wire.tls import TlsFiles
+from canvoy.agent.batch import BatchConfig
+from canvoy.agent.buses import BusConfig
+from canvoy.agent.diagnostics import DiagnosticsConfig
+from canvoy.agent.outbox import OutboxConfig
+from canvoy.agent.publish import MqttConfig
+from canvoy.config import build, read_yaml
+from canvoy.errors import ConfigError
+from canvoy.wire.ids import check_id
+from canvoy.wire.tls import TlsFiles
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

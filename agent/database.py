@@ -11,7 +11,7 @@ import cantools
 from cantools import j1939 as _j1939
 from cantools.database.can import Database, Message, Signal
 
-from wire.errors import DecodeError
+from canvoy.errors import DecodeError
 
 EXTENDED = 1 << 29  # key bit that keeps an extended id apart from a standard one
 # Rolling counters and checksums change every frame; they are not collected unless asked for.

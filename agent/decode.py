@@ -10,7 +10,7 @@ import can
 from cantools.database.can import Message
 from cantools.database.namedsignalvalue import NamedSignalValue
 
-from agent.database import EXTENDED, Index
+from canvoy.agent.database import EXTENDED, Index
 
 Value = float | int | str
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.collect import Sample, tee
-from agent.triggers import TriggerConfig
-from wire.dtc import decode_dtc
+from canvoy.agent.collect import Sample, tee
+from canvoy.agent.triggers import TriggerConfig
+from canvoy.wire.dtc import decode_dtc
 
 log = logging.getLogger(__name__)
 

@@ -10,12 +10,19 @@ from functools import partial
 
 import can
 
-from agent.buses import BusConfig, driver_filters
-from agent.collect import Collector, Sample
-from agent.database import build_index, load_databases
-from agent.obd import response_filters
-from agent.policy import Policy
-from agent.source import BusSupervisor, ReplayStats, open_bus, paced, parse_speed, replay_frames
+from canvoy.agent.buses import BusConfig, driver_filters
+from canvoy.agent.collect import Collector, Sample
+from canvoy.agent.database import build_index, load_databases
+from canvoy.agent.obd import response_filters
+from canvoy.agent.policy import Policy
+from canvoy.agent.source import (
+    BusSupervisor,
+    ReplayStats,
+    open_bus,
+    paced,
+    parse_speed,
+    replay_frames,
+)
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 import can
 import isotp
 
-from wire.errors import TransportError
+from canvoy.errors import TransportError
 
 log = logging.getLogger(__name__)
 

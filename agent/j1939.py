@@ -15,7 +15,7 @@ from typing import Any
 
 import can
 
-from agent.database import pgn_of
+from canvoy.agent.database import pgn_of
 
 log = logging.getLogger(__name__)
 

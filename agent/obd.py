@@ -17,10 +17,10 @@ from typing import Any
 
 import can
 
-from agent.collect import Sample
-from agent.isotp import IsoTpClient
-from wire.dtc import decode_dtc
-from wire.errors import ConfigError, TransportError
+from canvoy.agent.collect import Sample
+from canvoy.agent.isotp import IsoTpClient
+from canvoy.errors import ConfigError, TransportError
+from canvoy.wire.dtc import decode_dtc
 
 log = logging.getLogger(__name__)
 

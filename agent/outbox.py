@@ -21,10 +21,11 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from wire import body
-from wire.envelope import Encoding, Envelope, sign
-from wire.errors import ConfigError, EnvelopeError, OversizeError, StoreError
-from wire.topics import Kind
+from canvoy.errors import ConfigError, StoreError
+from canvoy.wire import body
+from canvoy.wire.envelope import Encoding, Envelope, sign
+from canvoy.wire.errors import EnvelopeError, OversizeError
+from canvoy.wire.topics import Kind
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from agent.database import is_integrity_signal
-from wire.errors import ConfigError
-from wire.schema import build, read_yaml
+from canvoy.agent.database import is_integrity_signal
+from canvoy.config import build, read_yaml
+from canvoy.errors import ConfigError
 
 LOCATION = "location"
 

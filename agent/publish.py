@@ -17,19 +17,19 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from agent.outbox import Outbox, Row
-from transport.backoff import StoppedError, retry_until_stopped
-from transport.mqtt import Connection, Message, Will
-from wire import body
-from wire.errors import (
+from canvoy.agent.outbox import Outbox, Row
+from canvoy.errors import (
     ConfigError,
     ConnectionLostError,
     ConnectRefusedError,
-    EnvelopeError,
     PublishRefusedError,
     TransportError,
 )
-from wire.topics import topic
+from canvoy.transport.backoff import StoppedError, retry_until_stopped
+from canvoy.transport.mqtt import Connection, Message, Will
+from canvoy.wire import body
+from canvoy.wire.errors import EnvelopeError
+from canvoy.wire.topics import topic
 
 log = logging.getLogger(__name__)
 

@@ -14,20 +14,20 @@ from typing import Any
 
 import can
 
-from agent.batch import Batcher
-from agent.buses import BusConfig
-from agent.config import AgentConfig, load_device_key
-from agent.diagnostics import DtcWatcher
-from agent.ingest import Ingest, OnOpen
-from agent.j1939 import Dm1Watcher
-from agent.obd import ObdPoller
-from agent.outbox import Outbox
-from agent.policy import load_policy
-from agent.publish import Identity, Publisher
-from agent.triggers import TriggerWatcher
 from canvoy import __version__
-from wire import body
-from wire.envelope import Envelope, sign
+from canvoy.agent.batch import Batcher
+from canvoy.agent.buses import BusConfig
+from canvoy.agent.config import AgentConfig, load_device_key
+from canvoy.agent.diagnostics import DtcWatcher
+from canvoy.agent.ingest import Ingest, OnOpen
+from canvoy.agent.j1939 import Dm1Watcher
+from canvoy.agent.obd import ObdPoller
+from canvoy.agent.outbox import Outbox
+from canvoy.agent.policy import load_policy
+from canvoy.agent.publish import Identity, Publisher
+from canvoy.agent.triggers import TriggerWatcher
+from canvoy.wire import body
+from canvoy.wire.envelope import Envelope, sign
 
 log = logging.getLogger(__name__)
 

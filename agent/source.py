@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import can
 
-from transport.backoff import StoppedError, retry_until_stopped
-from wire.errors import DecodeError
+from canvoy.errors import DecodeError
+from canvoy.transport.backoff import StoppedError, retry_until_stopped
 
 log = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.collect import Sample, tee
-from wire.errors import ConfigError
+from canvoy.agent.collect import Sample, tee
+from canvoy.errors import ConfigError
 
 _HOLD = re.compile(r"^(?P<expr>.+?)\s+for\s+(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|ms)\s*$")
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {

@@ -24,13 +24,13 @@ from bench.venv import reexec_in_venv
 reexec_in_venv()
 
 
-from broker.config import BrokerSettings
-from broker.process import Broker
-from certs import pki
-from simulator.fleet import VirtualDevice, drive_series
-from transport.mqtt import Connection
-from wire import body
-from wire.envelope import unpack
+from canvoy.broker.config import BrokerSettings
+from canvoy.broker.process import Broker
+from canvoy.certs import pki
+from canvoy.simulator.fleet import VirtualDevice, drive_series
+from canvoy.transport.mqtt import Connection
+from canvoy.wire import body
+from canvoy.wire.envelope import unpack
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -20,11 +20,11 @@ reexec_in_venv()
 import can
 from cantools.database.can import Database
 
-from agent.collect import Collector, Sample
-from agent.database import build_index
-from agent.policy import load_policy
-from agent.source import read_log
 from bench.realdbc import CACHE, load, make_log, opendbc_file
+from canvoy.agent.collect import Collector, Sample
+from canvoy.agent.database import build_index
+from canvoy.agent.policy import load_policy
+from canvoy.agent.source import read_log
 
 
 def bare(path: Path, db: Database) -> tuple[float, int]:

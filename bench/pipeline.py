@@ -32,13 +32,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import load_pem_x509_certificate
 from paho.mqtt.enums import CallbackAPIVersion
 
-from agent.outbox import open_status
 from bench.realdbc import CACHE, load, make_log, opendbc_file
-from broker.config import BrokerSettings
-from broker.process import Broker
-from certs import pki
-from wire import body
-from wire.envelope import unpack, verify
+from canvoy.agent.outbox import open_status
+from canvoy.broker.config import BrokerSettings
+from canvoy.broker.process import Broker
+from canvoy.certs import pki
+from canvoy.wire import body
+from canvoy.wire.envelope import unpack, verify
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT, NAIVE, SUBSCRIBER = "bench-agent", "bench-naive", "bench-sub"

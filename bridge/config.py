@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.tickets import ServiceRule
-from wire.errors import ConfigError
-from wire.ids import check_id
-from wire.schema import build, read_yaml
-from wire.tls import TlsFiles
+from canvoy.bridge.tickets import ServiceRule
+from canvoy.config import build, read_yaml
+from canvoy.errors import ConfigError
+from canvoy.wire.ids import check_id
+from canvoy.wire.tls import TlsFiles
 
 ROUTABLE = ("telemetry", "events", "status", "tickets")
 

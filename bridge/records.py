@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from bridge.verify import Verified
-from wire import body
+from canvoy.bridge.verify import Verified
+from canvoy.wire import body
 
 
 @dataclass(frozen=True)

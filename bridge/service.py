@@ -18,27 +18,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 
-from bridge.config import BridgeConfig
-from bridge.quarantine import Quarantine
-from bridge.records import Record, records
-from bridge.sinks.base import Sink, SinkContext, build_sink
-from bridge.tickets import Ticketing
-from bridge.verify import ReplayWindow, Verified, Verifier
-from bridge.workers import Job, VerifyPool, public_bytes
-from transport.backoff import StoppedError, retry_until_stopped
-from transport.mqtt import Connection, Message
-from wire import body
-from wire.errors import (
-    ConfigError,
-    ConnectionLostError,
-    DuplicateError,
-    EnvelopeError,
-    SinkError,
-    TransportError,
-    UnknownDeviceError,
-)
-from wire.keys import DeviceKeys
-from wire.topics import PREFIX, topic
+from canvoy.bridge.config import BridgeConfig
+from canvoy.bridge.quarantine import Quarantine
+from canvoy.bridge.records import Record, records
+from canvoy.bridge.sinks.base import Sink, SinkContext, build_sink
+from canvoy.bridge.tickets import Ticketing
+from canvoy.bridge.verify import ReplayWindow, Verified, Verifier
+from canvoy.bridge.workers import Job, VerifyPool, public_bytes
+from canvoy.errors import ConfigError, ConnectionLostError, SinkError, TransportError
+from canvoy.transport.backoff import StoppedError, retry_until_stopped
+from canvoy.transport.mqtt import Connection, Message
+from canvoy.wire import body
+from canvoy.wire.errors import DuplicateError, EnvelopeError, UnknownDeviceError
+from canvoy.wire.keys import DeviceKeys
+from canvoy.wire.topics import PREFIX, topic
 
 log = logging.getLogger(__name__)
 RECONNECT_MAX_S = 30.0

@@ -13,9 +13,9 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bridge.records import Record
-from bridge.verify import Verified
-from wire.errors import ConfigError
+from canvoy.bridge.records import Record
+from canvoy.bridge.verify import Verified
+from canvoy.errors import ConfigError
 
 Severity = Literal["low", "medium", "high", "critical"]
 

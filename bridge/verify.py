@@ -14,11 +14,11 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from wire import body
-from wire.envelope import SignedEnvelope, unpack, verify
-from wire.errors import DuplicateError, IdentityMismatchError, ReplayError
-from wire.keys import DeviceKeys
-from wire.topics import parse_topic
+from canvoy.wire import body
+from canvoy.wire.envelope import SignedEnvelope, unpack, verify
+from canvoy.wire.errors import DuplicateError, IdentityMismatchError, ReplayError
+from canvoy.wire.keys import DeviceKeys
+from canvoy.wire.topics import parse_topic
 
 DEFAULT_WINDOW = 100_000
 MAX_BOOTS_PER_DEVICE = 8

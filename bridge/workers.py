@@ -15,10 +15,10 @@ from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from bridge.records import Record, records
-from bridge.verify import Parsed, Verified, check_envelope
-from wire import body
-from wire.errors import EnvelopeError, MalformedError
+from canvoy.bridge.records import Record, records
+from canvoy.bridge.verify import Parsed, Verified, check_envelope
+from canvoy.wire import body
+from canvoy.wire.errors import EnvelopeError, MalformedError
 
 Job = tuple[str, bytes, bytes]  # topic, payload, device public key (SEC1, uncompressed)
 _KEYS: dict[bytes, ec.EllipticCurvePublicKey] = {}

@@ -7,9 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from certs import pki
-from wire.errors import BrokerError
-from wire.topics import FLEET_PREFIX, PREFIX
+from canvoy.certs import pki
+from canvoy.errors import BrokerError
+from canvoy.wire.topics import FLEET_PREFIX, PREFIX
 
 # A bridge restarting for minutes at fleet rate must not lose messages: Mosquitto's default
 # of 1,000 queued messages per client drops the rest silently.

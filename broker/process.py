@@ -11,8 +11,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from broker.config import BrokerSettings, write_acl, write_config
-from wire.errors import BrokerError
+from canvoy.broker.config import BrokerSettings, write_acl, write_config
+from canvoy.errors import BrokerError
 
 INSTALL_HINT = (
     "Mosquitto is not installed: on Debian, Ubuntu or Raspberry Pi OS run "

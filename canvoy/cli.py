@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 from canvoy import __version__
 from canvoy.commands import COMMANDS
-from wire.errors import CanvoyError
+from canvoy.errors import CanvoyError
 
 EXIT_ERROR = 2
 

@@ -23,14 +23,15 @@ from typing import Any
 
 from rich.console import Console
 
-from broker.config import BrokerSettings
-from broker.process import Broker
-from certs import pki
-from simulator.emit import DEMO_DBC, DEMO_HV_DBC, Drive, record
-from simulator.scenarios import load_scenario
-from wire.errors import CanvoyError
+from canvoy import dbc as shipped
+from canvoy.broker.config import BrokerSettings
+from canvoy.broker.process import Broker
+from canvoy.certs import pki
+from canvoy.dbc import DEMO_DBC, DEMO_HV_DBC, DEMO_POLICY
+from canvoy.errors import CanvoyError
+from canvoy.simulator.emit import Drive, record
+from canvoy.simulator.scenarios import load_scenario
 
-REPO = Path(__file__).resolve().parents[1]
 DEVICE, BRIDGE, OPERATOR = "demo-car-1", "demo-bridge", "demo-ops"
 DRIVE_S = 600.0
 DEMO_TRIGGER = """\
@@ -103,7 +104,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 @contextmanager
 def _process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=out, cwd=REPO)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out, cwd=log.parent)
     try:
         yield proc
     finally:
@@ -195,10 +196,11 @@ def _run_agent(
     workdir: Path, certs: Path, port: int, *, log: Path, desk: ServiceDesk, console: Console
 ) -> None:
     agent_yaml = workdir / "agent.yaml"
+    databases = [shipped.copy(n, workdir, force=True) for n in (DEMO_DBC, DEMO_HV_DBC, DEMO_POLICY)]
     _canvoy("agent", "init", "--device", DEVICE, "--certs", str(certs), "--broker",
-            f"127.0.0.1:{port}", "--dbc", str(DEMO_DBC), "--dbc", str(DEMO_HV_DBC),
+            f"127.0.0.1:{port}", "--dbc", str(databases[0]), "--dbc", str(databases[1]),
             "--replay", str(log), "--speed", SPEED, "--policy",
-            str(REPO / "dbc" / "demo_policy.yaml"), "--outbox",
+            str(databases[2]), "--outbox",
             str(workdir / "outbox.sqlite"), "-o", str(agent_yaml))  # fmt: skip
     # A threshold trigger with a freeze frame, next to the DTC the car itself broadcasts.
     text = agent_yaml.read_text().replace("  triggers: []\n", DEMO_TRIGGER)
@@ -226,7 +228,7 @@ def _run_agent(
 def _events_report(workdir: Path) -> list[str]:
     done = subprocess.run(
         [sys.executable, "-m", "canvoy", "agent", "status", "--config",
-         str(workdir / "agent.yaml")], capture_output=True, text=True, cwd=REPO, check=False,
+         str(workdir / "agent.yaml")], capture_output=True, text=True, cwd=workdir, check=False,
     )  # fmt: skip
     lines = done.stdout.splitlines()
     return (
@@ -236,7 +238,7 @@ def _events_report(workdir: Path) -> list[str]:
 
 def _canvoy(*args: str) -> None:
     done = subprocess.run([sys.executable, "-m", "canvoy", *args], capture_output=True,
-                          text=True, cwd=REPO, check=False)  # fmt: skip
+                          text=True, check=False)  # fmt: skip
     if done.returncode != 0:
         raise CanvoyError(f"demo: canvoy {' '.join(args[:2])} failed: {done.stderr.strip()}")
 

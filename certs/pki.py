@@ -16,9 +16,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from wire.errors import PKIError
-from wire.ids import check_id
-from wire.tls import TlsFiles
+from canvoy.errors import PKIError
+from canvoy.wire.ids import check_id
+from canvoy.wire.tls import TlsFiles
 
 IdentityKind = Literal["broker", "device", "bridge", "operator"]
 KINDS: tuple[IdentityKind, ...] = get_args(IdentityKind)

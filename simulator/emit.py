@@ -19,13 +19,13 @@ import can
 import cantools
 from cantools.database.can import Database, Message
 
-from simulator.model import STEP_S, Vehicle, target_speed
-from simulator.scenarios import FaultState, Scenario
-from wire.dtc import encode_dtc
+from canvoy import dbc as shipped
+from canvoy.simulator.model import STEP_S, Vehicle, target_speed
+from canvoy.simulator.scenarios import FaultState, Scenario
+from canvoy.wire.dtc import encode_dtc
 
-REPO = Path(__file__).resolve().parents[1]
-DEMO_DBC = REPO / "dbc" / "demo_vehicle.dbc"
-DEMO_HV_DBC = REPO / "dbc" / "demo_vehicle_hv.dbc"
+DEMO_DBC = shipped.path(shipped.DEMO_DBC)
+DEMO_HV_DBC = shipped.path(shipped.DEMO_HV_DBC)
 START_TIME = 1_767_261_600.0  # 2026-01-01 10:00 UTC: recorded drives start here
 UNKNOWN_IDS = (0x5F0, 0x6A1, 0x7B2)
 

@@ -16,9 +16,9 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
-from wire import body
-from wire.envelope import Envelope, sign
-from wire.topics import Kind, topic
+from canvoy.wire import body
+from canvoy.wire.envelope import Envelope, sign
+from canvoy.wire.topics import Kind, topic
 
 
 @dataclass

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import can
 import isotp
 
-from simulator.model import Vehicle
-from wire.dtc import encode_dtc
+from canvoy.simulator.model import Vehicle
+from canvoy.wire.dtc import encode_dtc
 
 SUPPORTED: dict[int, Callable[[Vehicle], bytes]] = {
     0x04: lambda v: bytes([round(v.load * 255 / 100)]),

@@ -1,7 +1,8 @@
 """Scenarios: a drive cycle plus scripted faults, in YAML, deterministic for a given seed.
 
-The shipped ones live in ``simulator/scenarios/<name>.yaml``; ``--scenario`` takes a name or a
-path. Fault types: ``overheat``, ``battery_ageing``, ``intermittent_sensor``, ``bus_noise``.
+The shipped ones are package data of ``canvoy.dbc`` (``dbc/scenarios/<name>.yaml``);
+``--scenario`` takes a name or a path. Fault types: ``overheat``, ``battery_ageing``,
+``intermittent_sensor``, ``bus_noise``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from typing import Literal
 
 import yaml
 
-from simulator.model import Vehicle, target_speed
-from wire.dtc import encode_dtc
-from wire.errors import ConfigError
-from wire.schema import build
+from canvoy import dbc as shipped
+from canvoy.config import build
+from canvoy.errors import ConfigError
+from canvoy.simulator.model import Vehicle, target_speed
+from canvoy.wire.dtc import encode_dtc
 
-SHIPPED = Path(__file__).resolve().parent / "scenarios"
 FaultType = Literal["overheat", "battery_ageing", "intermittent_sensor", "bus_noise"]
 
 
@@ -84,11 +85,11 @@ def load_scenario(name_or_path: str) -> Scenario:
         ConfigError: unknown name, unreadable file, or a bad key (named).
     """
     path = Path(name_or_path)
-    if not path.suffix:
-        path = SHIPPED / f"{name_or_path}.yaml"
+    if not path.suffix and name_or_path in shipped.scenarios():
+        path = shipped.path(f"scenarios/{name_or_path}.yaml")
     if not path.exists():
-        shipped = ", ".join(sorted(p.stem for p in SHIPPED.glob("*.yaml")))
-        raise ConfigError(f"scenario {name_or_path!r} not found: use one of {shipped} or a file")
+        known = ", ".join(shipped.scenarios())
+        raise ConfigError(f"scenario {name_or_path!r} not found: use one of {known} or a file")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:

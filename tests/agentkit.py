@@ -15,11 +15,11 @@ import can
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import load_pem_x509_certificate
 
-from certs import pki
+from canvoy.certs import pki
+from canvoy.errors import TransportError
+from canvoy.transport.mqtt import Connection, Message
+from canvoy.wire.envelope import SignedEnvelope, unpack, verify
 from tests.conftest import RunningBroker
-from transport.mqtt import Connection, Message
-from wire.envelope import SignedEnvelope, unpack, verify
-from wire.errors import TransportError
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_DBC = REPO / "tests" / "data" / "test_vehicle.dbc"

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from certs import pki
+from canvoy.certs import pki
 from tests.agentkit import REPO
 from tests.conftest import RunningBroker, free_port
 from tests.waiting import wait_for

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from broker.config import BrokerSettings
-from broker.process import Broker
-from certs import pki
-from transport.mqtt import Connection, Message
+from canvoy.broker.config import BrokerSettings
+from canvoy.broker.process import Broker
+from canvoy.certs import pki
+from canvoy.transport.mqtt import Connection, Message
 
 pytest_plugins = ["tests.bridgekit"]  # the webhook receiver and nats-server fixtures
 

@@ -22,7 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from wire.errors import (
+from canvoy.errors import (
     ConnectionLostError,
     ConnectRefusedError,
     PublishRefusedError,

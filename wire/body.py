@@ -15,8 +15,8 @@ from typing import Any, Literal
 import msgpack
 import zstandard
 
-from wire.envelope import Encoding
-from wire.errors import MalformedError
+from canvoy.wire.envelope import Encoding
+from canvoy.wire.errors import MalformedError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # decompressed; a 128 KiB payload never needs more
 _ZSTD_LEVEL = 3

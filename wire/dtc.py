@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from wire.errors import ConfigError
+from canvoy.errors import ConfigError
 
 SYSTEMS = "PCBU"  # powertrain, chassis, body, network
 DTC_PATTERN = re.compile(r"[PCBU][0-3][0-9A-F]{3}")

@@ -21,15 +21,15 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 
-from wire.errors import (
+from canvoy.wire.errors import (
     EnvelopeError,
     MalformedError,
     OversizeError,
     SignatureError,
     UnsupportedVersionError,
 )
-from wire.ids import ID_PATTERN
-from wire.topics import KINDS, Kind
+from canvoy.wire.ids import ID_PATTERN
+from canvoy.wire.topics import KINDS, Kind
 
 VERSION = 1
 MAX_PAYLOAD_BYTES = 128 * 1024

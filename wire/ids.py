@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from wire.errors import InvalidIdentityError
+from canvoy.wire.errors import InvalidIdentityError
 
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 

@@ -18,7 +18,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from wire.errors import IdentityMismatchError, PKIError, UnknownDeviceError
+from canvoy.errors import PKIError
+from canvoy.wire.errors import IdentityMismatchError, UnknownDeviceError
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from wire.errors import ConfigError
+from canvoy.errors import ConfigError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

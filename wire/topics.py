@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-from wire.errors import IdentityMismatchError
-from wire.ids import ID_PATTERN, check_id
+from canvoy.wire.errors import IdentityMismatchError
+from canvoy.wire.ids import ID_PATTERN, check_id
 
 Kind = Literal["telemetry", "events", "status", "receipts"]
 KINDS: tuple[Kind, ...] = get_args(Kind)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bridge.records import Record
-from wire.errors import ConfigError
+from canvoy.bridge.records import Record
+from canvoy.errors import ConfigError
 
 
 class Sink(Protocol):
@@ -36,6 +37,8 @@ class SinkContext:
 
 Factory = Callable[[str, Mapping[str, Any], SinkContext], Sink]
 _REGISTRY: dict[str, Factory] = {}
+# Each type is a module of this package; its libraries (httpx, nats-py) come with canvoy[bridge].
+SINK_TYPES = ("jsonl", "mqtt", "nats", "webhook")
 
 
 def register(kind: str) -> Callable[[Factory], Factory]:
@@ -54,11 +57,16 @@ def build_sink(name: str, options: Mapping[str, Any], context: SinkContext) -> S
     Raises:
         ConfigError: no or an unknown ``type``, or a bad option (named by its path).
     """
-    from bridge.sinks import jsonl, mqtt, nats, webhook  # noqa: F401 - they register themselves
-
     kind = options.get("type")
-    if kind not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY))
+    if not isinstance(kind, str) or kind not in SINK_TYPES:
+        known = ", ".join(SINK_TYPES)
         raise ConfigError(f"sinks.{name}.type: {kind!r} is not a sink type (known: {known})")
+    try:
+        importlib.import_module(f"canvoy.bridge.sinks.{kind}")  # it registers itself
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"sinks.{name}: a {kind} sink needs the Python package {exc.name!r}: "
+            "pip install 'canvoy[bridge]'"
+        ) from exc
     rest = {k: v for k, v in options.items() if k != "type"}
     return _REGISTRY[kind](name, rest, context)

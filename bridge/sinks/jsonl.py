@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from bridge.records import Record
-from bridge.sinks.base import SinkContext, register
-from wire.errors import ConfigError, SinkError
-from wire.schema import build
+from canvoy.bridge.records import Record
+from canvoy.bridge.sinks.base import SinkContext, register
+from canvoy.config import build
+from canvoy.errors import ConfigError, SinkError
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

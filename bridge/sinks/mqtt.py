@@ -7,11 +7,11 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.records import Record
-from bridge.sinks.base import SinkContext, register
-from wire.errors import SinkError, TransportError
-from wire.schema import build
-from wire.topics import Kind, fleet_topic
+from canvoy.bridge.records import Record
+from canvoy.bridge.sinks.base import SinkContext, register
+from canvoy.config import build
+from canvoy.errors import SinkError, TransportError
+from canvoy.wire.topics import Kind, fleet_topic
 
 # Record kinds to the fleet topic they are republished on (tickets travel with the events).
 FLEET_KINDS: dict[str, Kind] = {

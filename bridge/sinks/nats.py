@@ -19,10 +19,10 @@ from nats.errors import Error as NatsError
 from nats.js.api import StreamConfig
 from nats.js.errors import NotFoundError
 
-from bridge.records import Record
-from bridge.sinks.base import SinkContext, register
-from wire.errors import SinkError
-from wire.schema import build
+from canvoy.bridge.records import Record
+from canvoy.bridge.sinks.base import SinkContext, register
+from canvoy.config import build
+from canvoy.errors import SinkError
 
 T = TypeVar("T")
 

@@ -30,10 +30,10 @@ from tenacity import (
     wait_random,
 )
 
-from bridge.records import Record
-from bridge.sinks.base import SinkContext, register
-from wire.errors import ConfigError, SinkError
-from wire.schema import build
+from canvoy.bridge.records import Record
+from canvoy.bridge.sinks.base import SinkContext, register
+from canvoy.config import build
+from canvoy.errors import ConfigError, SinkError
 
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "Canvoy-Signature"

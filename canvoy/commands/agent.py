@@ -9,14 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.config import load_config
-from agent.outbox import EventStatus, open_status
-from agent.service import Agent, status_path
-from agent.source import parse_speed
+from canvoy.agent.config import load_config
+from canvoy.agent.outbox import EventStatus, open_status
+from canvoy.agent.service import Agent, status_path
+from canvoy.agent.source import parse_speed
+from canvoy.certs import pki
+from canvoy.errors import ConfigError
 from canvoy.signals import stop_on_signals
-from certs import pki
-from wire.errors import ConfigError
-from wire.ids import check_id
+from canvoy.wire.ids import check_id
 
 CONFIG_TEMPLATE = """\
 # canvoy agent config; every key is described in docs/CONFIG.md.

@@ -7,15 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bridge.config import load_config
-from bridge.service import Bridge
-from bridge.sinks.webhook import WebhookConfig, WebhookSink
+from canvoy.bridge.config import load_config
+from canvoy.bridge.service import Bridge
+from canvoy.certs import pki
 from canvoy.commands.agent import parse_broker
+from canvoy.config import build
+from canvoy.errors import ConfigError
 from canvoy.signals import stop_on_signals
-from certs import pki
-from wire.errors import ConfigError
-from wire.ids import check_id
-from wire.schema import build
+from canvoy.wire.ids import check_id
 
 TEMPLATE = """\
 # canvoy bridge config; every key is described in docs/CONFIG.md.
@@ -151,6 +150,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _redeliver(args: argparse.Namespace) -> int:
+    try:
+        from canvoy.bridge.sinks.webhook import WebhookConfig, WebhookSink
+    except ModuleNotFoundError as exc:
+        raise ConfigError(
+            f"redelivering webhooks needs {exc.name!r}: pip install 'canvoy[bridge]'"
+        ) from exc
+
     config = load_config(args.config)
     webhooks = {n: o for n, o in config.sinks.items() if o.get("type") == "webhook"}
     if not webhooks:

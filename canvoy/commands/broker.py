@@ -6,8 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from broker.config import DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_QUEUED_MESSAGES, BrokerSettings
-from broker.process import data_dir_default, run_foreground
+from canvoy.broker.config import (
+    DEFAULT_MAX_QUEUED_BYTES,
+    DEFAULT_MAX_QUEUED_MESSAGES,
+    BrokerSettings,
+)
+from canvoy.broker.process import data_dir_default, run_foreground
 
 
 def add_parser(sub: Any) -> None:

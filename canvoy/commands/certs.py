@@ -9,8 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from certs import pki
-from wire.errors import PKIError
+from canvoy.certs import pki
+from canvoy.errors import PKIError
 
 
 def add_parser(sub: Any) -> None:

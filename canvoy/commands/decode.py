@@ -13,10 +13,10 @@ from typing import IO, Any
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from agent.database import build_index, load_databases
-from agent.decode import Decoder
-from agent.source import ReplayStats, read_log
-from wire.errors import DecodeError
+from canvoy.agent.database import build_index, load_databases
+from canvoy.agent.decode import Decoder
+from canvoy.agent.source import ReplayStats, read_log
+from canvoy.errors import DecodeError
 
 
 def add_parser(sub: Any) -> None:

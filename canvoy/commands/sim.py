@@ -10,14 +10,14 @@ from typing import Any
 
 import can
 
+from canvoy.certs import pki
 from canvoy.commands.agent import parse_broker
+from canvoy.errors import ConfigError, PKIError, TransportError
 from canvoy.signals import stop_on_signals
-from certs import pki
-from simulator.emit import DEMO_DBC, DEMO_HV_DBC, Drive, record, run_live
-from simulator.fleet import VirtualDevice, drive_series
-from simulator.scenarios import load_scenario
-from transport.mqtt import Connection
-from wire.errors import ConfigError, PKIError, TransportError
+from canvoy.simulator.emit import DEMO_DBC, DEMO_HV_DBC, Drive, record, run_live
+from canvoy.simulator.fleet import VirtualDevice, drive_series
+from canvoy.simulator.scenarios import load_scenario
+from canvoy.transport.mqtt import Connection
 
 
 def add_parser(sub: Any) -> None:

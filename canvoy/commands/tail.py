@@ -12,15 +12,16 @@ from typing import Any
 
 from rich.console import Console
 
-from bridge.records import Record, records
-from bridge.verify import Verifier
+from canvoy.bridge.records import Record, records
+from canvoy.bridge.verify import Verifier
+from canvoy.certs import pki
 from canvoy.commands.agent import parse_broker
-from certs import pki
-from transport.mqtt import Connection, Message
-from wire.errors import ConfigError, EnvelopeError
-from wire.keys import DeviceKeys
-from wire.tls import TlsFiles
-from wire.topics import PREFIX
+from canvoy.errors import ConfigError
+from canvoy.transport.mqtt import Connection, Message
+from canvoy.wire.errors import EnvelopeError
+from canvoy.wire.keys import DeviceKeys
+from canvoy.wire.tls import TlsFiles
+from canvoy.wire.topics import PREFIX
 
 
 def add_parser(sub: Any) -> None:

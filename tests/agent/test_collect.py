@@ -8,11 +8,11 @@ import can
 import pytest
 import yaml
 
-from agent.collect import Collector, Sample
-from agent.database import build_index, load_databases
-from agent.policy import Policy, PolicyConfig, load_policy
-from wire.errors import ConfigError
-from wire.schema import build
+from canvoy.agent.collect import Collector, Sample
+from canvoy.agent.database import build_index, load_databases
+from canvoy.agent.policy import Policy, PolicyConfig, load_policy
+from canvoy.config import build
+from canvoy.errors import ConfigError
 
 TEST_DBC = Path(__file__).resolve().parents[1] / "data" / "test_vehicle.dbc"
 INDEX = build_index(load_databases([TEST_DBC]))

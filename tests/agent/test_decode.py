@@ -7,11 +7,11 @@ from pathlib import Path
 import can
 import pytest
 
-from agent.database import build_index, load_databases, signal_bits
-from agent.decode import Decoder
-from agent.source import read_log
+from canvoy.agent.database import build_index, load_databases, signal_bits
+from canvoy.agent.decode import Decoder
+from canvoy.agent.source import read_log
+from canvoy.errors import DecodeError
 from tests.conftest import SHARED_DATA
-from wire.errors import DecodeError
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 TEST_DBC = DATA / "test_vehicle.dbc"

@@ -7,15 +7,15 @@ from pathlib import Path
 import can
 import pytest
 
-from agent.buses import BusConfig
-from agent.collect import Sample
-from agent.ingest import Ingest
-from agent.policy import load_policy
-from agent.source import ReplayStats, replay_frames
+from canvoy.agent.buses import BusConfig
+from canvoy.agent.collect import Sample
+from canvoy.agent.ingest import Ingest
+from canvoy.agent.policy import load_policy
+from canvoy.agent.source import ReplayStats, replay_frames
+from canvoy.config import build
+from canvoy.errors import ConfigError
 from tests.agent.test_decode import TEST_DBC
 from tests.waiting import wait_for
-from wire.errors import ConfigError
-from wire.schema import build
 
 
 def _engine_log(path: Path, n: int = 20) -> Path:

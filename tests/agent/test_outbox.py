@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agent.outbox import Outbox, OutboxConfig, open_status
-from wire.envelope import unpack, verify
-from wire.errors import StoreError
+from canvoy.agent.outbox import Outbox, OutboxConfig, open_status
+from canvoy.errors import StoreError
+from canvoy.wire.envelope import unpack, verify
 
 MiB = 1024 * 1024
 KEY = ec.generate_private_key(ec.SECP256R1())

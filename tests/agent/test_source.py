@@ -8,9 +8,9 @@ from pathlib import Path
 import can
 import pytest
 
-from agent.source import BusSupervisor, ReplayStats, paced, parse_speed, read_log
+from canvoy.agent.source import BusSupervisor, ReplayStats, paced, parse_speed, read_log
+from canvoy.errors import DecodeError
 from tests.waiting import wait_for
-from wire.errors import DecodeError
 
 T0 = 1_700_000_000.0
 FRAMES = [
@@ -120,8 +120,8 @@ def test_live_bus_is_read_and_reopened_after_it_fails() -> None:
 
 
 def test_driver_filters_pass_known_ids_and_j1939_pgns_from_any_source() -> None:
-    from agent.buses import driver_filters
-    from agent.database import build_index, load_databases
+    from canvoy.agent.buses import driver_filters
+    from canvoy.agent.database import build_index, load_databases
     from tests.agent.test_decode import J1939_DBC, TEST_DBC
 
     plain = build_index(load_databases([TEST_DBC]))

@@ -10,20 +10,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.quarantine import Quarantine, verify_chain
-from bridge.records import records
-from bridge.verify import ReplayWindow, Verifier
-from certs import pki
-from simulator.fleet import VirtualDevice
-from wire import body
-from wire.errors import (
+from canvoy.bridge.quarantine import Quarantine, verify_chain
+from canvoy.bridge.records import records
+from canvoy.bridge.verify import ReplayWindow, Verifier
+from canvoy.certs import pki
+from canvoy.simulator.fleet import VirtualDevice
+from canvoy.wire import body
+from canvoy.wire.errors import (
     DuplicateError,
     IdentityMismatchError,
     MalformedError,
     ReplayError,
     UnknownDeviceError,
 )
-from wire.keys import DeviceKeys
+from canvoy.wire.keys import DeviceKeys
 
 
 def _verifier(pki_dir: Path) -> Verifier:
@@ -154,7 +154,7 @@ def test_a_decompression_bomb_is_refused() -> None:
 
 
 def test_worker_processes_verify_like_the_main_process(pki_dir: Path) -> None:
-    from bridge.workers import VerifyPool, public_bytes
+    from canvoy.bridge.workers import VerifyPool, public_bytes
 
     car = VirtualDevice.from_pki(pki_dir, "car-1")
     key = public_bytes(_verifier(pki_dir).keys.learn("car-1", car.cert_pem).key)

@@ -11,9 +11,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from certs import pki
-from wire.errors import ConfigError, InvalidIdentityError, PKIError
-from wire.tls import client_context
+from canvoy.certs import pki
+from canvoy.errors import ConfigError, PKIError
+from canvoy.wire.errors import InvalidIdentityError
+from canvoy.wire.tls import client_context
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import can
 import pytest
 
-from agent.database import load_databases
+from canvoy.agent.database import load_databases
 from tests.agent.test_decode import J1939_DBC, TEST_DBC, TRUCK_LOG, needs_shared
 
 

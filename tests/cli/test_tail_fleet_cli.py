@@ -7,12 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from certs import pki
-from simulator.fleet import VirtualDevice
+from canvoy.certs import pki
+from canvoy.simulator.fleet import VirtualDevice
+from canvoy.transport.mqtt import Message
 from tests.agentkit import REPO
 from tests.conftest import RunningBroker
 from tests.waiting import wait_for
-from transport.mqtt import Message
 
 
 def test_tail_prints_verified_records_and_reports_forgeries(broker: RunningBroker) -> None:

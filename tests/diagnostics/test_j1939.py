@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.j1939 import PGN_DM1, Dm1Watcher, Reassembler, parse_dm1
-from agent.source import read_log
-from simulator.j1939 import dm1_frames
+from canvoy.agent.j1939 import PGN_DM1, Dm1Watcher, Reassembler, parse_dm1
+from canvoy.agent.source import read_log
+from canvoy.simulator.j1939 import dm1_frames
 from tests.conftest import SHARED_DATA
 
 TP_LOG = SHARED_DATA / "j1939_tp_00000001.log"

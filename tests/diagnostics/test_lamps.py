@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.collect import Sample
-from agent.diagnostics import DiagnosticsConfig, DtcWatcher
+from canvoy.agent.collect import Sample
+from canvoy.agent.diagnostics import DiagnosticsConfig, DtcWatcher
 
 
 def test_a_lamp_sets_and_clears_once() -> None:

@@ -8,14 +8,14 @@ from typing import Any
 import can
 import pytest
 
-from agent.collect import Sample
-from agent.isotp import reassemble
-from agent.obd import ObdConfig, ObdPoller, parse_dtcs, parse_pid
-from agent.source import read_log
-from simulator.model import Vehicle
-from simulator.obd import ObdEcu
+from canvoy.agent.collect import Sample
+from canvoy.agent.isotp import reassemble
+from canvoy.agent.obd import ObdConfig, ObdPoller, parse_dtcs, parse_pid
+from canvoy.agent.source import read_log
+from canvoy.errors import ConfigError, TransportError
+from canvoy.simulator.model import Vehicle
+from canvoy.simulator.obd import ObdEcu
 from tests.conftest import SHARED_DATA
-from wire.errors import ConfigError, TransportError
 
 UDS_LOG = SHARED_DATA / "uds_isotp_00000170.log"
 

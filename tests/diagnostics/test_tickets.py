@@ -7,13 +7,13 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agent.outbox import Outbox, OutboxConfig
-from bridge.tickets import ServiceRule, Ticketing
-from bridge.verify import Verifier
-from certs import pki
-from simulator.fleet import VirtualDevice
-from wire import body
-from wire.keys import DeviceKeys
+from canvoy.agent.outbox import Outbox, OutboxConfig
+from canvoy.bridge.tickets import ServiceRule, Ticketing
+from canvoy.bridge.verify import Verifier
+from canvoy.certs import pki
+from canvoy.simulator.fleet import VirtualDevice
+from canvoy.wire import body
+from canvoy.wire.keys import DeviceKeys
 
 
 def test_set_and_clear_of_one_episode_share_one_ticket_on_any_instance(pki_dir: Path) -> None:

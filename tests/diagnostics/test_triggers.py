@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from agent.collect import Sample
-from agent.triggers import TriggerConfig, TriggerWatcher, parse_condition
-from wire.errors import ConfigError
+from canvoy.agent.collect import Sample
+from canvoy.agent.triggers import TriggerConfig, TriggerWatcher, parse_condition
+from canvoy.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -11,11 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-from agent.outbox import open_status
+from canvoy.agent.outbox import open_status
+from canvoy.wire import body
 from tests.agentkit import REPO, Recorder, agent_config, drive_log, start_agent, stop
 from tests.conftest import RunningBroker
 from tests.waiting import wait_for
-from wire import body
 
 
 def _status(config: Path) -> dict[str, object]:

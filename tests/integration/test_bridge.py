@@ -16,11 +16,12 @@ import nats
 from cryptography.hazmat.primitives.asymmetric import ec
 from nats.js.errors import NotFoundError
 
-from bridge.quarantine import verify_chain
-from bridge.records import Record
-from bridge.sinks.nats import NatsConfig, NatsSink
-from certs import pki
-from simulator.fleet import VirtualDevice
+from canvoy.bridge.quarantine import verify_chain
+from canvoy.bridge.records import Record
+from canvoy.bridge.sinks.nats import NatsConfig, NatsSink
+from canvoy.certs import pki
+from canvoy.simulator.fleet import VirtualDevice
+from canvoy.transport.mqtt import Connection
 from tests.agentkit import stop
 from tests.bridgekit import (
     NatsServer,
@@ -32,7 +33,6 @@ from tests.bridgekit import (
 )
 from tests.conftest import RunningBroker
 from tests.waiting import wait_for
-from transport.mqtt import Connection
 
 
 def _connect(broker: RunningBroker, dev: VirtualDevice) -> Connection:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.outbox import open_status
-from simulator.fleet import VirtualDevice
+from canvoy.agent.outbox import open_status
+from canvoy.simulator.fleet import VirtualDevice
 from tests.agentkit import Recorder, agent_config, drive_log, start_agent, stop
 from tests.bridgekit import bridge_config, bridge_ready, read_jsonl, start_bridge
 from tests.conftest import RunningBroker

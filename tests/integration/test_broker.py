@@ -12,12 +12,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from certs import pki
+from canvoy.certs import pki
+from canvoy.errors import ConnectRefusedError, PublishRefusedError, TransportError
+from canvoy.transport.mqtt import Connection, Message
+from canvoy.wire.tls import client_context
 from tests.conftest import RunningBroker
 from tests.waiting import wait_for
-from transport.mqtt import Connection, Message
-from wire.errors import ConnectRefusedError, PublishRefusedError, TransportError
-from wire.tls import client_context
 
 pytestmark = pytest.mark.integration
 

@@ -8,15 +8,15 @@ from pathlib import Path
 
 import can
 
-from agent.config import load_config
-from agent.service import Agent
-from certs import pki
-from simulator.model import Vehicle
-from simulator.obd import ObdEcu
+from canvoy.agent.config import load_config
+from canvoy.agent.service import Agent
+from canvoy.certs import pki
+from canvoy.simulator.model import Vehicle
+from canvoy.simulator.obd import ObdEcu
+from canvoy.wire import body
 from tests.agentkit import TEST_DBC, Recorder
 from tests.conftest import RunningBroker
 from tests.waiting import wait_for
-from wire import body
 
 
 def test_obd_pids_and_dtcs_reach_the_broker(broker: RunningBroker, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from certs import pki
+from canvoy.certs import pki
 from tests.conftest import free_port
 from tests.waiting import wait_for
 

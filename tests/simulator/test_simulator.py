@@ -11,19 +11,19 @@ from pathlib import Path
 import can
 import pytest
 
-from agent.buses import BusConfig
-from agent.collect import Sample
-from agent.database import build_index, load_databases
-from agent.decode import Decoder
-from agent.diagnostics import DiagnosticsConfig, DtcWatcher
-from agent.ingest import Ingest
-from agent.policy import load_policy
-from agent.source import read_log
-from simulator.emit import DEMO_DBC, DEMO_HV_DBC, Drive, record, run_live
-from simulator.scenarios import load_scenario
+from canvoy.agent.buses import BusConfig
+from canvoy.agent.collect import Sample
+from canvoy.agent.database import build_index, load_databases
+from canvoy.agent.decode import Decoder
+from canvoy.agent.diagnostics import DiagnosticsConfig, DtcWatcher
+from canvoy.agent.ingest import Ingest
+from canvoy.agent.policy import load_policy
+from canvoy.agent.source import read_log
+from canvoy.config import build
+from canvoy.errors import ConfigError
+from canvoy.simulator.emit import DEMO_DBC, DEMO_HV_DBC, Drive, record, run_live
+from canvoy.simulator.scenarios import load_scenario
 from tests.agentkit import REPO
-from wire.errors import ConfigError
-from wire.schema import build
 
 DATABASES = [DEMO_DBC, DEMO_HV_DBC]
 

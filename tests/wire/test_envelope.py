@@ -8,8 +8,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from wire.envelope import MAX_PAYLOAD_BYTES, Envelope, pack, sign, unpack, verify
-from wire.errors import (
+from canvoy.wire.envelope import MAX_PAYLOAD_BYTES, Envelope, pack, sign, unpack, verify
+from canvoy.wire.errors import (
     EnvelopeError,
     MalformedError,
     OversizeError,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from wire.errors import IdentityMismatchError, InvalidIdentityError
-from wire.ids import check_id
-from wire.topics import fleet_topic, parse_topic, topic
+from canvoy.wire.errors import IdentityMismatchError, InvalidIdentityError
+from canvoy.wire.ids import check_id
+from canvoy.wire.topics import fleet_topic, parse_topic, topic
 
 
 @pytest.mark.parametrize("name", ["car-1", "1HGCM82633A004352", "a", "x" * 64, "A_b-9"])

@@ -9,7 +9,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from wire.envelope import Envelope, pack, sign, unpack, verify
+from canvoy.wire.envelope import Envelope, pack, sign, unpack, verify
 
 PROTOCOL = Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md"
 

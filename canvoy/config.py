@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, get_args, get_origin, get_type_hints
 
-from wire.errors import ConfigError
+from canvoy.errors import ConfigError
 
 T = TypeVar("T")
 
