@@ -72,13 +72,19 @@ def driver_filters(index: Index) -> list[dict[str, int | bool]]:
     for key in index.by_key:
         extended = bool(key & EXTENDED)
         filters.append(
-            {"can_id": key & ~EXTENDED, "can_mask": 0x1FFFFFFF if extended else 0x7FF,
-             "extended": extended}
-        )  # fmt: skip
+            {
+                "can_id": key & ~EXTENDED,
+                "can_mask": 0x1FFFFFFF if extended else 0x7FF,
+                "extended": extended,
+            }
+        )
     for pgn in index.by_pgn:
         pdu1 = (pgn >> 8) & 0xFF < 240
         filters.append(
-            {"can_id": pgn << 8, "can_mask": J1939_PDU1_MASK if pdu1 else J1939_PGN_MASK,
-             "extended": True}
-        )  # fmt: skip
+            {
+                "can_id": pgn << 8,
+                "can_mask": J1939_PDU1_MASK if pdu1 else J1939_PGN_MASK,
+                "extended": True,
+            }
+        )
     return filters

@@ -47,9 +47,18 @@ class _Gate:
     """Reporting state of one signal, with its rate flattened for the hot loop."""
 
     __slots__ = (
-        "deadband", "decimals", "due", "heartbeat_s", "key", "last", "last_t",
-        "min_interval_s", "name", "on_change", "pending",
-    )  # fmt: skip
+        "deadband",
+        "decimals",
+        "due",
+        "heartbeat_s",
+        "key",
+        "last",
+        "last_t",
+        "min_interval_s",
+        "name",
+        "on_change",
+        "pending",
+    )
 
     def __init__(self, plan: SignalPlan, key: str) -> None:
         self.name = plan.name

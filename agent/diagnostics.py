@@ -31,9 +31,13 @@ class DiagnosticsConfig:
     latitude: str = "*/GNSS_POSITION/Latitude"
     longitude: str = "*/GNSS_POSITION/Longitude"
     freeze_frame: tuple[str, ...] = (
-        "*/ENGINE_1/EngineSpeed", "*/ENGINE_1/EngineLoad", "*/ENGINE_2/CoolantTemp",
-        "*/ENGINE_2/OilPressure", "*/VEHICLE_DYNAMICS/VehicleSpeed", "*/BATTERY_12V/BatteryVoltage",
-    )  # fmt: skip
+        "*/ENGINE_1/EngineSpeed",
+        "*/ENGINE_1/EngineLoad",
+        "*/ENGINE_2/CoolantTemp",
+        "*/ENGINE_2/OilPressure",
+        "*/VEHICLE_DYNAMICS/VehicleSpeed",
+        "*/BATTERY_12V/BatteryVoltage",
+    )
     lamps: dict[str, str] = field(default_factory=dict)  # lamp signal glob -> event code
     receipt_deadline_s: float = 300.0  # an event not confirmed by a bridge by then is overdue
     triggers: tuple[TriggerConfig, ...] = ()
@@ -67,9 +71,13 @@ class DtcWatcher:
             path = key.split("@", 1)[0]
             found = set()
             for role, patterns in (
-                ("odometer", (c.odometer,)), ("lat", (c.latitude,)), ("lon", (c.longitude,)),
-                ("dtc", c.dtc_signals), ("lamp", tuple(c.lamps)), ("frozen", c.freeze_frame),
-            ):  # fmt: skip
+                ("odometer", (c.odometer,)),
+                ("lat", (c.latitude,)),
+                ("lon", (c.longitude,)),
+                ("dtc", c.dtc_signals),
+                ("lamp", tuple(c.lamps)),
+                ("frozen", c.freeze_frame),
+            ):
                 if any(fnmatch.fnmatchcase(path, p) for p in patterns):
                     found.add(role)
             roles = self._role_cache[key] = frozenset(found)
@@ -142,9 +150,13 @@ class DtcWatcher:
 
     def _event(self, t: float, message: str, code: str, state: str) -> dict[str, Any]:
         event: dict[str, Any] = {
-            "type": "dtc", "t_ms": int(t * 1000), "code": code, "state": state,
-            "source": "dbc", "signal": message,
-        }  # fmt: skip
+            "type": "dtc",
+            "t_ms": int(t * 1000),
+            "code": code,
+            "state": state,
+            "source": "dbc",
+            "signal": message,
+        }
         if state == "set":  # like an OBD-II freeze frame: a snapshot when the code is set
             event["freeze_frame"] = {k: [list(v)] for k, v in sorted(self._frozen.items())}
         opened = self._opened.pop(code, None) if state == "clear" else None

@@ -97,9 +97,14 @@ class Ingest:
                 if filters is not None and bus.obd is not None:
                     filters = [*filters, *response_filters(bus.obd)]
                 opener = partial(
-                    open_bus, interface=bus.interface, channel=bus.channel, bitrate=bus.bitrate,
-                    fd=bus.fd, filters=filters, options=bus.options,
-                )  # fmt: skip
+                    open_bus,
+                    interface=bus.interface,
+                    channel=bus.channel,
+                    bitrate=bus.bitrate,
+                    fd=bus.fd,
+                    filters=filters,
+                    options=bus.options,
+                )
                 channel.supervisor = BusSupervisor(
                     bus.name, listener, opener, on_open=on_open(bus) if on_open else None
                 )

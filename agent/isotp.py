@@ -42,12 +42,17 @@ def reassemble(
         address=_address(rxid, txid if txid is not None else rxid - 8, extended),
         error_handler=errors.append,
         params={"rx_consecutive_frame_timeout": 10_000, "can_fd": True},
-    )  # fmt: skip
+    )
     for msg in frames:
         if msg.arbitration_id != rxid or msg.is_error_frame:
             continue
-        pending.append(isotp.CanMessage(arbitration_id=msg.arbitration_id, data=bytes(msg.data),
-                                        extended_id=msg.is_extended_id))  # fmt: skip
+        pending.append(
+            isotp.CanMessage(
+                arbitration_id=msg.arbitration_id,
+                data=bytes(msg.data),
+                extended_id=msg.is_extended_id,
+            )
+        )
         while pending:
             stack.process()
         while stack.available():
@@ -67,16 +72,28 @@ class IsoTpClient:
     """
 
     def __init__(
-        self, bus: can.BusABC, notifier: can.Notifier, *, txid: int, rxid: int,
-        extended: bool = False, timeout_s: float = 1.0,
-    ) -> None:  # fmt: skip
+        self,
+        bus: can.BusABC,
+        notifier: can.Notifier,
+        *,
+        txid: int,
+        rxid: int,
+        extended: bool = False,
+        timeout_s: float = 1.0,
+    ) -> None:
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._stack = isotp.NotifierBasedCanStack(
-            bus, notifier, address=_address(rxid, txid, extended),
-            params={"tx_padding": 0x55, "rx_flowcontrol_timeout": int(timeout_s * 1000),
-                    "rx_consecutive_frame_timeout": int(timeout_s * 1000), "blocking_send": False},
-        )  # fmt: skip
+            bus,
+            notifier,
+            address=_address(rxid, txid, extended),
+            params={
+                "tx_padding": 0x55,
+                "rx_flowcontrol_timeout": int(timeout_s * 1000),
+                "rx_consecutive_frame_timeout": int(timeout_s * 1000),
+                "blocking_send": False,
+            },
+        )
         self._stack.start()
 
     def request(self, payload: bytes) -> bytes:

@@ -165,7 +165,14 @@ class Dm1Watcher(can.Listener):
         self, t: float, source: int, c: Dm1Code, state: str, lamps: dict[str, int]
     ) -> dict[str, Any]:
         return {
-            "type": "dtc", "t_ms": int(t * 1000), "code": c.code, "state": state,
-            "source": "j1939", "signal": f"{self.bus}/DM1@{source:02X}", "spn": c.spn,
-            "fmi": c.fmi, "occurrences": c.occurrences, "lamps": lamps,
-        }  # fmt: skip
+            "type": "dtc",
+            "t_ms": int(t * 1000),
+            "code": c.code,
+            "state": state,
+            "source": "j1939",
+            "signal": f"{self.bus}/DM1@{source:02X}",
+            "spn": c.spn,
+            "fmi": c.fmi,
+            "occurrences": c.occurrences,
+            "lamps": lamps,
+        }

@@ -166,8 +166,11 @@ class ObdPoller:
         self.notifier.add_listener(reader)
         try:
             request = bytes([0x02, 0x01, 0x00]) + b"\x55" * 5
-            self.bus.send(can.Message(arbitration_id=functional, data=request,
-                                      is_extended_id=self.config.extended))  # fmt: skip
+            self.bus.send(
+                can.Message(
+                    arbitration_id=functional, data=request, is_extended_id=self.config.extended
+                )
+            )
             deadline = time.monotonic() + self.config.timeout_s
             while time.monotonic() < deadline:
                 msg = reader.get_message(0.05)
@@ -183,9 +186,13 @@ class ObdPoller:
         if client is None:
             txid, rxid = self._ids(ecu)
             client = self.clients[ecu] = IsoTpClient(
-                self.bus, self.notifier, txid=txid, rxid=rxid, extended=self.config.extended,
+                self.bus,
+                self.notifier,
+                txid=txid,
+                rxid=rxid,
+                extended=self.config.extended,
                 timeout_s=self.config.timeout_s,
-            )  # fmt: skip
+            )
         return client
 
     def ask(self, ecu: int, request: bytes) -> bytes | None:
@@ -238,10 +245,16 @@ class ObdPoller:
         changes = [(c, "set") for c in sorted(now - before)]
         changes += [(c, "clear") for c in sorted(before - now)]
         events: list[Mapping[str, Any]] = [
-            {"type": "dtc", "t_ms": t_ms, "code": c, "state": state, "source": "obd",
-             "signal": source}
+            {
+                "type": "dtc",
+                "t_ms": t_ms,
+                "code": c,
+                "state": state,
+                "source": "obd",
+                "signal": source,
+            }
             for c, state in changes
-        ]  # fmt: skip
+        ]
         if events:
             self.emit_events(events)
 

@@ -66,9 +66,16 @@ CREATE TABLE IF NOT EXISTS rejected (
 );
 """
 COUNTERS = (
-    "next_seq", "acked", "last_ack_ms", "evicted", "evicted_bytes", "evicted_events",
-    "rejected", "dropped", "disk_full",
-)  # fmt: skip
+    "next_seq",
+    "acked",
+    "last_ack_ms",
+    "evicted",
+    "evicted_bytes",
+    "evicted_events",
+    "rejected",
+    "dropped",
+    "disk_full",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,8 +147,10 @@ def _move_aside(path: Path, exc: Exception) -> Path:
     log.error(
         "outbox %s is corrupt (%s): moved it to %s and started a new one; "
         "sequence numbers start again under the new boot id",
-        path, exc, target,
-    )  # fmt: skip
+        path,
+        exc,
+        target,
+    )
     return target
 
 
@@ -224,8 +233,9 @@ class Outbox:
                     return seq
             log.error(
                 "outbox %s: no room for a %s batch even after evicting; dropped",
-                self.config.path, kind,
-            )  # fmt: skip
+                self.config.path,
+                kind,
+            )
             self._bump("dropped")
             return None
 
@@ -235,9 +245,14 @@ class Outbox:
         seq = int(db.execute("SELECT value FROM meta WHERE name = 'next_seq'").fetchone()[0])
         created = _now_ms()
         envelope = Envelope(
-            device=self.device, boot=self.boot, seq=seq, kind=kind,
-            created_ms=created, encoding=encoding, body=data,
-        )  # fmt: skip
+            device=self.device,
+            boot=self.boot,
+            seq=seq,
+            kind=kind,
+            created_ms=created,
+            encoding=encoding,
+            body=data,
+        )
         payload = sign(envelope, self._key)
         over_cap = self._bytes + len(payload) - self.config.max_bytes
         over_disk = len(payload) + DISK_RESERVE_BYTES - self._room()
@@ -321,9 +336,11 @@ class Outbox:
             log.warning(
                 "outbox %s full (max_bytes or disk): evicted %d oldest %s envelope(s) "
                 "(%d bytes just now); 'canvoy agent status' shows the totals",
-                self.config.path, self._evicted_since_warning,
-                "event" if priority == PRIORITY["events"] else "telemetry", freed,
-            )  # fmt: skip
+                self.config.path,
+                self._evicted_since_warning,
+                "event" if priority == PRIORITY["events"] else "telemetry",
+                freed,
+            )
             self._evicted_since_warning = 0
             self._warned_at = now
 
@@ -473,8 +490,9 @@ def _summary(data: bytes, encoding: Encoding) -> str:
         events = body.parse_events(body.decode(encoding, data))
     except EnvelopeError:
         return "?"
-    parts = [f"{e.get('code', e.get('name', e['type']))} {e.get('state', '')}".strip()
-             for e in events]  # fmt: skip
+    parts = [
+        f"{e.get('code', e.get('name', e['type']))} {e.get('state', '')}".strip() for e in events
+    ]
     return ", ".join(parts) or "-"
 
 
@@ -508,10 +526,14 @@ def read_status(db: sqlite3.Connection) -> OutboxStatus:
     rejected = db.execute("SELECT COUNT(*) FROM rejected").fetchone()[0]
     counters = dict(db.execute("SELECT name, value FROM meta").fetchall())
     return OutboxStatus(
-        depth=int(depth), bytes=int(size), events=int(events), oldest_ms=oldest,
-        rejected=int(rejected), counters={k: int(v) for k, v in counters.items()},
+        depth=int(depth),
+        bytes=int(size),
+        events=int(events),
+        oldest_ms=oldest,
+        rejected=int(rejected),
+        counters={k: int(v) for k, v in counters.items()},
         events_log=tuple(read_events(db)),
-    )  # fmt: skip
+    )
 
 
 def open_status(path: Path) -> OutboxStatus:

@@ -211,10 +211,14 @@ class Publisher:
 
         try:
             return retry_until_stopped(
-                self._connect_once, retry_on=TransportError, stop=self._stop,
-                initial_s=c.reconnect_min_s, max_s=c.reconnect_max_s,
-                jitter_s=c.reconnect_min_s, on_retry=note,
-            )  # fmt: skip
+                self._connect_once,
+                retry_on=TransportError,
+                stop=self._stop,
+                initial_s=c.reconnect_min_s,
+                max_s=c.reconnect_max_s,
+                jitter_s=c.reconnect_min_s,
+                on_retry=note,
+            )
         except StoppedError:
             return None
 
@@ -233,9 +237,11 @@ class Publisher:
             on_message=self._on_receipt,
         )
         connack = conn.connect(
-            self.config.host, self.config.port,
-            timeout_s=self.config.connect_timeout_s, keepalive_s=self.config.keepalive_s,
-        )  # fmt: skip
+            self.config.host,
+            self.config.port,
+            timeout_s=self.config.connect_timeout_s,
+            keepalive_s=self.config.keepalive_s,
+        )
         self._conn = conn
         self.stats.connects += 1
         self.stats.last_error = ""
@@ -244,8 +250,11 @@ class Publisher:
         conn.publish(status_topic, self._birth(), retain=True)
         log.info(
             "connected to %s:%d as %s (window %d)",
-            self.config.host, self.config.port, device, self._window,
-        )  # fmt: skip
+            self.config.host,
+            self.config.port,
+            device,
+            self._window,
+        )
         return conn
 
     def _on_receipt(self, msg: Message) -> None:

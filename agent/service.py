@@ -69,9 +69,12 @@ class Agent:
             config.buses, self.policy, self._emit, taps=self._taps, on_open=self._obd
         )
         self.publisher = Publisher(
-            config.mqtt, Identity(config.device, config.tls.context()), self.outbox,
-            birth=lambda: self._status("online"), will=lambda: self._status("offline"),
-        )  # fmt: skip
+            config.mqtt,
+            Identity(config.device, config.tls.context()),
+            self.outbox,
+            birth=lambda: self._status("online"),
+            will=lambda: self._status("offline"),
+        )
         self._stop = threading.Event()
         self.started = time.time()
         self.state = "starting"
@@ -90,8 +93,14 @@ class Agent:
             return None
 
         def start(live: can.BusABC, notifier: can.Notifier) -> Callable[[], None]:
-            poller = ObdPoller(bus.name, live, notifier, config, emit=self._emit,
-                               emit_events=self.batcher.add_events)  # fmt: skip
+            poller = ObdPoller(
+                bus.name,
+                live,
+                notifier,
+                config,
+                emit=self._emit,
+                emit_events=self.batcher.add_events,
+            )
             poller.start()
             self.obd.append(poller)
             return poller.stop
@@ -101,16 +110,24 @@ class Agent:
     def _status(self, state: body.State) -> bytes:
         content = body.status_content(
             body.Status(
-                state=state, agent=__version__, policy=self.policy.hash,
-                cert_pem=self.cert_pem, outbox_depth=self.outbox.depth(),
+                state=state,
+                agent=__version__,
+                policy=self.policy.hash,
+                cert_pem=self.cert_pem,
+                outbox_depth=self.outbox.depth(),
             )
-        )  # fmt: skip
+        )
         encoding, data = body.encode(content)
         # Status is outside the sequence (seq 0): receivers keep the newest by created_ms.
         envelope = Envelope(
-            device=self.config.device, boot=self.boot, seq=0, kind="status",
-            created_ms=int(time.time() * 1000), encoding=encoding, body=data,
-        )  # fmt: skip
+            device=self.config.device,
+            boot=self.boot,
+            seq=0,
+            kind="status",
+            created_ms=int(time.time() * 1000),
+            encoding=encoding,
+            body=data,
+        )
         return sign(envelope, self.key)
 
     def stop(self) -> None:
@@ -159,8 +176,9 @@ class Agent:
         if not drained:
             log.warning(
                 "shutdown: %d envelope(s) not acknowledged within %s s; they stay in the outbox",
-                self.outbox.depth(), timeout,
-            )  # fmt: skip
+                self.outbox.depth(),
+                timeout,
+            )
         self.publisher.stop(goodbye=self._status("offline"))
         self.state = "stopped"
         self.write_status()
@@ -172,11 +190,15 @@ class Agent:
         for ch in self.ingest.channels:
             s = ch.collector.stats
             channels[ch.config.name] = {
-                "frames": s.frames, "decoded": s.decoded, "repeated": s.repeated,
-                "unknown": s.unknown_frames, "malformed": s.malformed,
-                "error_frames": s.error_frames, "bus_errors": ch.collector.bus_errors,
+                "frames": s.frames,
+                "decoded": s.decoded,
+                "repeated": s.repeated,
+                "unknown": s.unknown_frames,
+                "malformed": s.malformed,
+                "error_frames": s.error_frames,
+                "bus_errors": ch.collector.bus_errors,
                 "replay_bad_lines": ch.replay.bad_lines if ch.replay else 0,
-            }  # fmt: skip
+            }
         return {
             "device": self.config.device,
             "boot": self.boot.hex(),

@@ -243,10 +243,14 @@ class BusSupervisor:
             StoppedError: the supervisor was stopped first.
         """
         bus: can.BusABC = retry_until_stopped(
-            self._opener, retry_on=(can.CanError, OSError, ValueError), stop=self._stop,
-            initial_s=self._backoff_initial_s, max_s=60.0, jitter_s=self._backoff_initial_s,
+            self._opener,
+            retry_on=(can.CanError, OSError, ValueError),
+            stop=self._stop,
+            initial_s=self._backoff_initial_s,
+            max_s=60.0,
+            jitter_s=self._backoff_initial_s,
             on_retry=self._note_failure,
-        )  # fmt: skip
+        )
         return bus
 
     @property

@@ -25,9 +25,13 @@ from canvoy.errors import ConfigError
 
 _HOLD = re.compile(r"^(?P<expr>.+?)\s+for\s+(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|ms)\s*$")
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
-    ast.Gt: operator.gt, ast.GtE: operator.ge, ast.Lt: operator.lt, ast.LtE: operator.le,
-    ast.Eq: operator.eq, ast.NotEq: operator.ne,
-}  # fmt: skip
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -227,9 +231,15 @@ class TriggerWatcher:
         return []
 
     def _event(self, s: _State, t: float, state: str) -> dict[str, Any]:
-        event = {"type": "trigger", "name": s.config.name, "code": s.config.name,
-                 "state": state, "t_ms": int(t * 1000), "condition": s.condition.text,
-                 **self._context()}  # fmt: skip
+        event = {
+            "type": "trigger",
+            "name": s.config.name,
+            "code": s.config.name,
+            "state": state,
+            "t_ms": int(t * 1000),
+            "condition": s.condition.text,
+            **self._context(),
+        }
         return event
 
     def _freeze(self, s: _State) -> dict[str, Any]:

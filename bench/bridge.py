@@ -44,19 +44,31 @@ def _port() -> int:
 def _bridge_yaml(root: Path, certs: Path, port: int, workers: int | None) -> Path:
     folder = pki.identity_dir(certs, "bridge", "bench")
     config = root / "bridge.yaml"
-    config.write_text(json.dumps({
-        "name": "bench",
-        "tls": {"ca": str(pki.ca_cert_path(certs)), "cert": str(folder / "cert.pem"),
-                "key": str(folder / "key.pem")},
-        "broker": {"host": "127.0.0.1", "port": port},
-        "receipts": False,
-        "verify_workers": workers,
-        "quarantine": str(root / "quarantine.jsonl"),
-        "status_file": str(root / "status.json"),
-        "sinks": {"files": {"type": "jsonl", "path": str(root / "out.jsonl"),
-                             "max_bytes": 1 << 40}},
-        "routes": {"telemetry": ["files"], "events": ["files"]},
-    }))  # fmt: skip
+    config.write_text(
+        json.dumps(
+            {
+                "name": "bench",
+                "tls": {
+                    "ca": str(pki.ca_cert_path(certs)),
+                    "cert": str(folder / "cert.pem"),
+                    "key": str(folder / "key.pem"),
+                },
+                "broker": {"host": "127.0.0.1", "port": port},
+                "receipts": False,
+                "verify_workers": workers,
+                "quarantine": str(root / "quarantine.jsonl"),
+                "status_file": str(root / "status.json"),
+                "sinks": {
+                    "files": {
+                        "type": "jsonl",
+                        "path": str(root / "out.jsonl"),
+                        "max_bytes": 1 << 40,
+                    }
+                },
+                "routes": {"telemetry": ["files"], "events": ["files"]},
+            }
+        )
+    )
     return config
 
 
@@ -147,9 +159,12 @@ def _run(
         payloads.append((dev, batch))
     e = unpack(payloads[0][1][0]).envelope
     samples_per = body.parse_telemetry(body.decode(e.encoding, e.body)).samples
-    print(f"signed {per_device * len(names):,} envelopes of {samples_per} samples "
-          f"({len(payloads[0][1][0]):,} bytes each) for {len(names)} devices "
-          f"in {time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
+    print(
+        f"signed {per_device * len(names):,} envelopes of {samples_per} samples "
+        f"({len(payloads[0][1][0]):,} bytes each) for {len(names)} devices "
+        f"in {time.perf_counter() - start:.1f} s",
+        flush=True,
+    )
     for dev, batch in payloads:
         conn = Connection(
             client_id=dev.device, tls=pki.tls_files(certs, "device", dev.device).context()
@@ -178,9 +193,11 @@ def _run(
         proc.wait(30)
     counts = _status(root)
     rate = (expected - 1) / seconds
-    print(f"{signals} signals/vehicle, one bridge process: {rate:,.0f} verified envelopes/s, "
-          f"{rate * samples_per:,.0f} signal samples/s "
-          f"({expected:,} envelopes in {seconds:.1f} s; jsonl sink, fsync per batch)")  # fmt: skip
+    print(
+        f"{signals} signals/vehicle, one bridge process: {rate:,.0f} verified envelopes/s, "
+        f"{rate * samples_per:,.0f} signal samples/s "
+        f"({expected:,} envelopes in {seconds:.1f} s; jsonl sink, fsync per batch)"
+    )
     print(f"bridge counters: {json.dumps(counts)}", flush=True)
 
 

@@ -159,15 +159,21 @@ class Result:
 
     def show(self) -> None:
         print(f"{self.name}")
-        print(f"  frames/s end to end   {self.frames / self.seconds:>12,.0f}  "
-              f"({self.frames:,} frames in {self.seconds:.1f} s)")  # fmt: skip
+        print(
+            f"  frames/s end to end   {self.frames / self.seconds:>12,.0f}  "
+            f"({self.frames:,} frames in {self.seconds:.1f} s)"
+        )
         print(f"  messages              {self.messages:>12,}  ({self.bad} failed to verify)")
         print(f"  wire bytes            {self.wire_bytes:>12,}")
-        print(f"  bytes/sample (input)  {self.wire_bytes / self.input_samples:>12.3f}  "
-              f"({self.input_samples:,} signal values read from the bus)")  # fmt: skip
+        print(
+            f"  bytes/sample (input)  {self.wire_bytes / self.input_samples:>12.3f}  "
+            f"({self.input_samples:,} signal values read from the bus)"
+        )
         if self.delivered_samples != self.input_samples:
-            print(f"  bytes/sample (sent)   {self.wire_bytes / self.delivered_samples:>12.3f}  "
-                  f"({self.delivered_samples:,} samples the policy reported)")  # fmt: skip
+            print(
+                f"  bytes/sample (sent)   {self.wire_bytes / self.delivered_samples:>12.3f}  "
+                f"({self.delivered_samples:,} samples the policy reported)"
+            )
         print(f"  publisher peak RSS    {self.rss_mb:>12.1f} MB")
 
 
@@ -183,14 +189,34 @@ def _run_measured(cmd: list[str], log: Path) -> tuple[int, float]:
 
 
 def _pipeline(
-    name: str, work: Path, *, certs: Path, port: int, device: str, mode: str, cmd: list[str],
+    name: str,
+    work: Path,
+    *,
+    certs: Path,
+    port: int,
+    device: str,
+    mode: str,
+    cmd: list[str],
     expected: Any,
-) -> tuple[dict[str, Any], float, float]:  # fmt: skip
+) -> tuple[dict[str, Any], float, float]:
     work.mkdir()
     sub = subprocess.Popen(
-        [sys.executable, __file__, "--subscribe", mode, "--certs", str(certs), "--port",
-         str(port), "--device", device, "--work", str(work)], cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            __file__,
+            "--subscribe",
+            mode,
+            "--certs",
+            str(certs),
+            "--port",
+            str(port),
+            "--device",
+            device,
+            "--work",
+            str(work),
+        ],
+        cwd=REPO,
+    )
     while not (work / "ready").exists():
         time.sleep(0.01)
     start = time.time()
@@ -256,18 +282,31 @@ def _agent(root: Path, certs: Path, port: int, *, log: Path, dbc: Path, frames: 
     outbox = root / "agent-outbox.sqlite"
     config = root / "agent.yaml"
     config.write_text(
-        json.dumps({
-            "device": AGENT,
-            "tls": {"ca": str(pki.ca_cert_path(certs)), "cert": str(folder / "cert.pem"),
-                    "key": str(folder / "key.pem")},
-            "buses": [{"name": "pt", "databases": [str(dbc)], "replay": str(log)}],
-            "outbox": {"path": str(outbox)},
-            "mqtt": {"host": "127.0.0.1", "port": port},
-            "shutdown_timeout_s": 600,
-        })
-    )  # fmt: skip
-    cmd = [sys.executable, "-m", "canvoy", "agent", "run", "--config", str(config),
-           "--exit-when-done"]  # fmt: skip
+        json.dumps(
+            {
+                "device": AGENT,
+                "tls": {
+                    "ca": str(pki.ca_cert_path(certs)),
+                    "cert": str(folder / "cert.pem"),
+                    "key": str(folder / "key.pem"),
+                },
+                "buses": [{"name": "pt", "databases": [str(dbc)], "replay": str(log)}],
+                "outbox": {"path": str(outbox)},
+                "mqtt": {"host": "127.0.0.1", "port": port},
+                "shutdown_timeout_s": 600,
+            }
+        )
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "canvoy",
+        "agent",
+        "run",
+        "--config",
+        str(config),
+        "--exit-when-done",
+    ]
 
     def expected() -> int:
         return open_status(outbox).counters["next_seq"] - 1
@@ -283,15 +322,33 @@ def _agent(root: Path, certs: Path, port: int, *, log: Path, dbc: Path, frames: 
         expected=expected,
     )
     input_samples = _input_samples(log, dbc)
-    return Result("canvoy agent (batched, signed, zstd, outbox)", frames, seconds,
-                  stats["messages"], stats["wire_bytes"], input_samples, stats["samples"],
-                  rss, stats["bad"])  # fmt: skip
+    return Result(
+        "canvoy agent (batched, signed, zstd, outbox)",
+        frames,
+        seconds,
+        stats["messages"],
+        stats["wire_bytes"],
+        input_samples,
+        stats["samples"],
+        rss,
+        stats["bad"],
+    )
 
 
 def _naive(root: Path, certs: Path, port: int, log: Path, frames: int) -> Result:
     work = root / "naive"
-    cmd = [sys.executable, __file__, "--naive", str(log), "--certs", str(certs), "--port",
-           str(port), "--work", str(work)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        __file__,
+        "--naive",
+        str(log),
+        "--certs",
+        str(certs),
+        "--port",
+        str(port),
+        "--work",
+        str(work),
+    ]
 
     def expected() -> int:
         return int(json.loads((work / "naive.json").read_text())["published"])
@@ -306,9 +363,17 @@ def _naive(root: Path, certs: Path, port: int, log: Path, frames: int) -> Result
         cmd=cmd,
         expected=expected,
     )
-    return Result("naive baseline (cantools + one JSON publish per frame, QoS 1)", frames,
-                  seconds, stats["messages"], stats["wire_bytes"], stats["samples"],
-                  stats["samples"], rss, stats["bad"])  # fmt: skip
+    return Result(
+        "naive baseline (cantools + one JSON publish per frame, QoS 1)",
+        frames,
+        seconds,
+        stats["messages"],
+        stats["wire_bytes"],
+        stats["samples"],
+        stats["samples"],
+        rss,
+        stats["bad"],
+    )
 
 
 def _input_samples(log: Path, dbc: Path) -> int:

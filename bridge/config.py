@@ -79,10 +79,12 @@ def load_config(path: Path) -> BridgeConfig:
     config = build(BridgeConfig, data)
     base = path.resolve().parent
     sinks = {
-        name: {k: (str(base / v) if k in _PATH_OPTIONS and isinstance(v, str) else v)
-               for k, v in options.items()}
+        name: {
+            k: (str(base / v) if k in _PATH_OPTIONS and isinstance(v, str) else v)
+            for k, v in options.items()
+        }
         for name, options in config.sinks.items()
-    }  # fmt: skip
+    }
     return dataclasses.replace(
         config,
         tls=config.tls.resolve(base),

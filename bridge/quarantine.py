@@ -37,10 +37,13 @@ class Quarantine:
         with self._lock:
             entry = {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "topic": topic, "reason": reason, "detail": detail[:500],
-                "payload_sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload),
+                "topic": topic,
+                "reason": reason,
+                "detail": detail[:500],
+                "payload_sha256": hashlib.sha256(payload).hexdigest(),
+                "bytes": len(payload),
                 "prev": self._prev,
-            }  # fmt: skip
+            }
             line = json.dumps(entry, separators=(",", ":")).encode()
             with self.path.open("ab") as out:
                 out.write(line + b"\n")

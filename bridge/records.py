@@ -34,15 +34,25 @@ def records(verified: Verified) -> list[Record]:
     """The records of one verified envelope."""
     e = verified.signed.envelope
     head: dict[str, Any] = {
-        "device": e.device, "boot": e.boot.hex(), "seq": e.seq, "kind": e.kind,
-        "created_ms": e.created_ms, "envelope": e.key, "digest": verified.signed.digest,
-    }  # fmt: skip
+        "device": e.device,
+        "boot": e.boot.hex(),
+        "seq": e.seq,
+        "kind": e.kind,
+        "created_ms": e.created_ms,
+        "envelope": e.key,
+        "digest": verified.signed.digest,
+    }
     parsed = verified.parsed
     if isinstance(parsed, body.Telemetry):
         batch = parsed
         series = {s.key: {"t_ms": list(s.times_ms), "v": list(s.values)} for s in batch.series}
-        data = {**head, "key": e.key, "policy": batch.policy, "samples": batch.samples,
-                "series": series}  # fmt: skip
+        data = {
+            **head,
+            "key": e.key,
+            "policy": batch.policy,
+            "samples": batch.samples,
+            "series": series,
+        }
         return [Record(e.key, e.device, e.kind, data)]
     if isinstance(parsed, list):
         out = []
@@ -51,6 +61,12 @@ def records(verified: Verified) -> list[Record]:
             out.append(Record(key, e.device, e.kind, {**head, "key": key, "event": event}))
         return out
     status = parsed
-    data = {**head, "key": e.key, "state": status.state, "agent": status.agent,
-            "policy": status.policy, "outbox": status.outbox_depth}  # fmt: skip
+    data = {
+        **head,
+        "key": e.key,
+        "state": status.state,
+        "agent": status.agent,
+        "policy": status.policy,
+        "outbox": status.outbox_depth,
+    }
     return [Record(e.key, e.device, e.kind, data)]

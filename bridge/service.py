@@ -118,17 +118,23 @@ class Bridge:
     def _connect_once(self) -> Connection:
         c = self.config
         conn = Connection(
-            client_id=c.name, tls=self.tls, clean_start=False,
-            session_expiry_s=c.session_expiry_s, manual_ack=True,
+            client_id=c.name,
+            tls=self.tls,
+            clean_start=False,
+            session_expiry_s=c.session_expiry_s,
+            manual_ack=True,
             on_message=lambda msg: self._queue.put((conn, msg)),
             receive_maximum=c.receive_maximum,
-        )  # fmt: skip
+        )
         connack = conn.connect(c.broker.host, c.broker.port, keepalive_s=c.broker.keepalive_s)
         conn.subscribe(self._subscriptions())
         log.info(
-            "bridge %s connected to %s:%d (session %s)", c.name, c.broker.host, c.broker.port,
+            "bridge %s connected to %s:%d (session %s)",
+            c.name,
+            c.broker.host,
+            c.broker.port,
             "resumed" if connack.session_present else "new",
-        )  # fmt: skip
+        )
         return conn
 
     def _keep_connected(self) -> None:
@@ -139,9 +145,14 @@ class Bridge:
         while not self._stop.is_set():
             try:
                 conn = retry_until_stopped(
-                    self._connect_once, retry_on=TransportError, stop=self._stop,
-                    initial_s=1.0, max_s=RECONNECT_MAX_S, jitter_s=0.5, on_retry=note,
-                )  # fmt: skip
+                    self._connect_once,
+                    retry_on=TransportError,
+                    stop=self._stop,
+                    initial_s=1.0,
+                    max_s=RECONNECT_MAX_S,
+                    jitter_s=0.5,
+                    on_retry=note,
+                )
             except StoppedError:
                 return
             self._conn = conn
@@ -205,11 +216,14 @@ class Bridge:
 
     def _report(self) -> None:
         report = {
-            "name": self.config.name, "updated_ms": int(time.time() * 1000),
-            "connected": self._connected.is_set(), "counts": dict(self.stats),
-            "quarantined": dict(self.quarantine.counts), "held": len(self._held),
+            "name": self.config.name,
+            "updated_ms": int(time.time() * 1000),
+            "connected": self._connected.is_set(),
+            "counts": dict(self.stats),
+            "quarantined": dict(self.quarantine.counts),
+            "held": len(self._held),
             "queued": self._queue.qsize(),
-        }  # fmt: skip
+        }
         log.info("bridge: %s", json.dumps(report["counts"]))
         path = self.config.status_file
         if path is not None:
@@ -333,8 +347,9 @@ class Bridge:
     def _forward(self, items: list[_Item]) -> None:
         try:
             for kind, sinks in self.routes.items():
-                chosen = [r for i in items if i.verified.signed.envelope.kind == kind
-                          for r in i.records]  # fmt: skip
+                chosen = [
+                    r for i in items if i.verified.signed.envelope.kind == kind for r in i.records
+                ]
                 if kind == "tickets":
                     chosen = [t for i in items for t in self.ticketing.tickets(i.verified)]
                     self.stats["tickets"] += len(chosen)
@@ -362,9 +377,14 @@ class Bridge:
             log.error("sink %s: %s; %d record(s) wait, retrying", sink.name, error, len(chosen))
 
         retry_until_stopped(
-            lambda: sink.deliver(chosen), retry_on=SinkError, stop=self._stop,
-            initial_s=1.0, max_s=RECONNECT_MAX_S, jitter_s=0.2, on_retry=note,
-        )  # fmt: skip
+            lambda: sink.deliver(chosen),
+            retry_on=SinkError,
+            stop=self._stop,
+            initial_s=1.0,
+            max_s=RECONNECT_MAX_S,
+            jitter_s=0.2,
+            on_retry=note,
+        )
 
     def _send_receipts(self, events: list[Verified]) -> None:
         """Tell each device which of its events are durably forwarded (best effort)."""

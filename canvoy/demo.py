@@ -59,8 +59,9 @@ class ServiceDesk:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                desk.received.append({"key": self.headers.get("Idempotency-Key"),
-                                      "body": json.loads(data)})  # fmt: skip
+                desk.received.append(
+                    {"key": self.headers.get("Idempotency-Key"), "body": json.loads(data)}
+                )
                 self.send_response(201)
                 self.end_headers()
 
@@ -142,12 +143,17 @@ def run_demo(workdir: Path, console: Console) -> int:
         desk = ServiceDesk()
         desk_port = desk.start()
         stack.callback(desk.stop)
-        console.print(f"[bold]3/5[/] Mosquitto on 127.0.0.1:{port} (mutual TLS); service desk "
-                      f"webhook on 127.0.0.1:{desk_port}")  # fmt: skip
+        console.print(
+            f"[bold]3/5[/] Mosquitto on 127.0.0.1:{port} (mutual TLS); service desk "
+            f"webhook on 127.0.0.1:{desk_port}"
+        )
         bridge = _start_bridge(stack, workdir, certs, port, desk_port)
         _run_agent(workdir, certs, port, log=log, desk=desk, console=console)
-        _wait(lambda: any(t["status"] == "closed" for t in desk.tickets()), 60,
-              "the service ticket reaching the service desk")  # fmt: skip
+        _wait(
+            lambda: any(t["status"] == "closed" for t in desk.tickets()),
+            60,
+            "the service ticket reaching the service desk",
+        )
         bridge.terminate()
         bridge.wait(15)
         _summary(console, workdir, desk, port)
@@ -178,16 +184,33 @@ def _start_bridge(
     secret = workdir / "webhook-secret"
     secret.write_text("demo-secret\n")
     bridge_yaml = workdir / "bridge.yaml"
-    _canvoy("bridge", "init", "--certs", str(certs), "--identity", f"bridge/{BRIDGE}",
-            "--broker", f"127.0.0.1:{port}", "--jsonl", str(workdir / "records.jsonl"),
-            "--webhook", f"http://127.0.0.1:{desk_port}/orders",
-            "--webhook-secret-file", str(secret), "-o", str(bridge_yaml))  # fmt: skip
+    _canvoy(
+        "bridge",
+        "init",
+        "--certs",
+        str(certs),
+        "--identity",
+        f"bridge/{BRIDGE}",
+        "--broker",
+        f"127.0.0.1:{port}",
+        "--jsonl",
+        str(workdir / "records.jsonl"),
+        "--webhook",
+        f"http://127.0.0.1:{desk_port}/orders",
+        "--webhook-secret-file",
+        str(secret),
+        "-o",
+        str(bridge_yaml),
+    )
     status = workdir / "bridge-status.json"
     text = bridge_yaml.read_text().replace("status_file: null", f'status_file: "{status}"')
     bridge_yaml.write_text(text)
-    bridge = stack.enter_context(_process(
-        [sys.executable, "-m", "canvoy", "bridge", "run", "--config", str(bridge_yaml)],
-        workdir / "bridge.log"))  # fmt: skip
+    bridge = stack.enter_context(
+        _process(
+            [sys.executable, "-m", "canvoy", "bridge", "run", "--config", str(bridge_yaml)],
+            workdir / "bridge.log",
+        )
+    )
     _wait(lambda: bool(_read_json(status).get("connected")), 30, "bridge connected")
     return bridge
 
@@ -197,20 +220,49 @@ def _run_agent(
 ) -> None:
     agent_yaml = workdir / "agent.yaml"
     databases = [shipped.copy(n, workdir, force=True) for n in (DEMO_DBC, DEMO_HV_DBC, DEMO_POLICY)]
-    _canvoy("agent", "init", "--device", DEVICE, "--certs", str(certs), "--broker",
-            f"127.0.0.1:{port}", "--dbc", str(databases[0]), "--dbc", str(databases[1]),
-            "--replay", str(log), "--speed", SPEED, "--policy",
-            str(databases[2]), "--outbox",
-            str(workdir / "outbox.sqlite"), "-o", str(agent_yaml))  # fmt: skip
+    _canvoy(
+        "agent",
+        "init",
+        "--device",
+        DEVICE,
+        "--certs",
+        str(certs),
+        "--broker",
+        f"127.0.0.1:{port}",
+        "--dbc",
+        str(databases[0]),
+        "--dbc",
+        str(databases[1]),
+        "--replay",
+        str(log),
+        "--speed",
+        SPEED,
+        "--policy",
+        str(databases[2]),
+        "--outbox",
+        str(workdir / "outbox.sqlite"),
+        "-o",
+        str(agent_yaml),
+    )
     # A threshold trigger with a freeze frame, next to the DTC the car itself broadcasts.
     text = agent_yaml.read_text().replace("  triggers: []\n", DEMO_TRIGGER)
     agent_yaml.write_text(text)
-    console.print(f"[bold]4/5[/] bridge and agent running; the agent replays the drive at "
-                  f"{SPEED[1:]}x real time")  # fmt: skip
+    console.print(
+        f"[bold]4/5[/] bridge and agent running; the agent replays the drive at "
+        f"{SPEED[1:]}x real time"
+    )
     agent_status = workdir / "outbox.sqlite.status.json"
     bridge_status = workdir / "bridge-status.json"
-    cmd = [sys.executable, "-m", "canvoy", "agent", "run", "--config", str(agent_yaml),
-           "--exit-when-done"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "canvoy",
+        "agent",
+        "run",
+        "--config",
+        str(agent_yaml),
+        "--exit-when-done",
+    ]
     with _process(cmd, workdir / "agent.log") as agent:
         last = ""
         while agent.poll() is None:
@@ -227,9 +279,20 @@ def _run_agent(
 
 def _events_report(workdir: Path) -> list[str]:
     done = subprocess.run(
-        [sys.executable, "-m", "canvoy", "agent", "status", "--config",
-         str(workdir / "agent.yaml")], capture_output=True, text=True, cwd=workdir, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "canvoy",
+            "agent",
+            "status",
+            "--config",
+            str(workdir / "agent.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=workdir,
+        check=False,
+    )
     lines = done.stdout.splitlines()
     return (
         [line.strip() for line in lines[lines.index("events") + 1 :]] if "events" in lines else []
@@ -237,8 +300,9 @@ def _events_report(workdir: Path) -> list[str]:
 
 
 def _canvoy(*args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "canvoy", *args], capture_output=True,
-                          text=True, check=False)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "canvoy", *args], capture_output=True, text=True, check=False
+    )
     if done.returncode != 0:
         raise CanvoyError(f"demo: canvoy {' '.join(args[:2])} failed: {done.stderr.strip()}")
 
@@ -248,8 +312,11 @@ def _progress(agent: dict[str, Any], bridge: dict[str, Any], desk: ServiceDesk) 
     pub = agent.get("publisher", {})
     forwarded = bridge.get("counts", {}).get("forwarded", 0)
     tickets = len(desk.tickets())
-    return (f"frames {frames:>9,} | acknowledged {pub.get('acked', 0):>3} | "
-            f"bridge forwarded {forwarded:>3} | service desk: {tickets} ticket update(s)")  # fmt: skip  # noqa: E501
+    acked = pub.get("acked", 0)
+    return (
+        f"frames {frames:>9,} | acknowledged {acked:>3} | "
+        f"bridge forwarded {forwarded:>3} | service desk: {tickets} ticket update(s)"
+    )
 
 
 def _summary(console: Console, workdir: Path, desk: ServiceDesk, port: int) -> None:
@@ -262,16 +329,19 @@ def _summary(console: Console, workdir: Path, desk: ServiceDesk, port: int) -> N
     console.print(f"      frames read          {sum(b.get('frames', 0) for b in buses):,}")
     console.print(f"      frames decoded       {sum(b.get('decoded', 0) for b in buses):,}")
     console.print(f"      samples collected    {batches.get('samples', 0):,}")
-    console.print(f"      envelopes signed     {pub.get('published', 0)} "
-                  f"({batches.get('batches', 0)} telemetry batches, "
-                  f"{batches.get('events', 0)} events)")  # fmt: skip
+    console.print(
+        f"      envelopes signed     {pub.get('published', 0)} "
+        f"({batches.get('batches', 0)} telemetry batches, "
+        f"{batches.get('events', 0)} events)"
+    )
     console.print(f"      acknowledged         {pub.get('acked', 0)} by the broker")
     console.print(f"      bytes sent           {pub.get('bytes_acked', 0):,}")
-    console.print(f"      envelopes verified   {bridge.get('verified', 0)} by the bridge, "
-                  f"{bridge.get('forwarded', 0)} forwarded")  # fmt: skip
+    console.print(
+        f"      envelopes verified   {bridge.get('verified', 0)} by the bridge, "
+        f"{bridge.get('forwarded', 0)} forwarded"
+    )
     for t in desk.tickets():
-        where = (f", at {t['location']['lat']}, {t['location']['lon']}"
-                 if t.get("location") else "")  # fmt: skip
+        where = f", at {t['location']['lat']}, {t['location']['lon']}" if t.get("location") else ""
         dtc = t["dtcs"][0]
         frame = t.get("freeze_frame") or {}
         samples = sum(len(v) for v in frame.values())
@@ -289,6 +359,8 @@ def _summary(console: Console, workdir: Path, desk: ServiceDesk, port: int) -> N
         for line in events:
             console.print(f"        {line}")
     console.print("\nAn operator follows the fleet live with (while a broker runs):")
-    console.print(f"  canvoy tail --certs {workdir / 'pki'} --identity operator/{OPERATOR} "
-                  f"--broker 127.0.0.1:{port}")  # fmt: skip
+    console.print(
+        f"  canvoy tail --certs {workdir / 'pki'} --identity operator/{OPERATOR} "
+        f"--broker 127.0.0.1:{port}"
+    )
     console.print(f"Everything the demo made is in {workdir}.")

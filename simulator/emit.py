@@ -185,12 +185,16 @@ class Drive:
                 s.count += 1
                 yield (
                     can.Message(
-                        timestamp=base + i * 0.0002, arbitration_id=s.message.frame_id,
-                        is_extended_id=s.message.is_extended_frame, data=bytes(data),
-                        is_fd=s.fd, bitrate_switch=s.fd, channel=1 if s.fd else 0,
+                        timestamp=base + i * 0.0002,
+                        arbitration_id=s.message.frame_id,
+                        is_extended_id=s.message.is_extended_frame,
+                        data=bytes(data),
+                        is_fd=s.fd,
+                        bitrate_switch=s.fd,
+                        channel=1 if s.fd else 0,
                     ),
                     values,
-                )  # fmt: skip
+                )
             yield from self._noise(base)
 
     @staticmethod
@@ -207,12 +211,28 @@ class Drive:
         for _ in range(errors):
             yield can.Message(timestamp=base + 0.005, is_error_frame=True, channel=0), None
         for _ in range(malformed):
-            yield (can.Message(timestamp=base + 0.006, arbitration_id=0x100, is_extended_id=False,
-                               data=b"\x01\x02", channel=0), None)  # fmt: skip
+            yield (
+                can.Message(
+                    timestamp=base + 0.006,
+                    arbitration_id=0x100,
+                    is_extended_id=False,
+                    data=b"\x01\x02",
+                    channel=0,
+                ),
+                None,
+            )
         for _ in range(unknown):
             arb = UNKNOWN_IDS[self.rng.randrange(len(UNKNOWN_IDS))]
-            yield (can.Message(timestamp=base + 0.007, arbitration_id=arb, is_extended_id=False,
-                               data=bytes(8), channel=0), None)  # fmt: skip
+            yield (
+                can.Message(
+                    timestamp=base + 0.007,
+                    arbitration_id=arb,
+                    is_extended_id=False,
+                    data=bytes(8),
+                    channel=0,
+                ),
+                None,
+            )
 
 
 def record(drive: Drive, path: Path, duration_s: float) -> int:

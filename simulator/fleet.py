@@ -51,9 +51,14 @@ class VirtualDevice:
             seq = self.seq
         encoding, data = body.encode(content)
         envelope = Envelope(
-            device=self.device, boot=self.boot, seq=seq, kind=kind,
-            created_ms=int(time.time() * 1000), encoding=encoding, body=data,
-        )  # fmt: skip
+            device=self.device,
+            boot=self.boot,
+            seq=seq,
+            kind=kind,
+            created_ms=int(time.time() * 1000),
+            encoding=encoding,
+            body=data,
+        )
         return sign(envelope, self.key)
 
     def birth(self, state: body.State = "online") -> bytes:

@@ -23,10 +23,9 @@ def dm1_payload(dtcs: Sequence[tuple[int, int, int]], *, mil: int = 0, amber: in
     """DM1 bytes for ``(spn, fmi, occurrences)`` codes (conversion method 4)."""
     lamps = bytes([(mil & 3) << 6 | (amber & 3) << 2, 0xFF])
     body = b"".join(
-        bytes([spn & 0xFF, (spn >> 8) & 0xFF, ((spn >> 16) & 0x7) << 5 | (fmi & 0x1F),
-               oc & 0x7F])
+        bytes([spn & 0xFF, (spn >> 8) & 0xFF, ((spn >> 16) & 0x7) << 5 | (fmi & 0x1F), oc & 0x7F])
         for spn, fmi, oc in dtcs
-    ) or bytes(4)  # fmt: skip
+    ) or bytes(4)
     payload = lamps + body
     return payload + b"\xff" * (8 - len(payload)) if len(payload) < 8 else payload
 
@@ -39,12 +38,25 @@ def dm1_frames(
     if len(payload) <= 8:
         return [can.Message(timestamp=t, arbitration_id=_id(PGN_DM1, source), data=payload)]
     packets = (len(payload) + 6) // 7
-    cm = bytes([0x20, len(payload) & 0xFF, len(payload) >> 8, packets, 0xFF,
-                PGN_DM1 & 0xFF, (PGN_DM1 >> 8) & 0xFF, PGN_DM1 >> 16])  # fmt: skip
+    cm = bytes(
+        [
+            0x20,
+            len(payload) & 0xFF,
+            len(payload) >> 8,
+            packets,
+            0xFF,
+            PGN_DM1 & 0xFF,
+            (PGN_DM1 >> 8) & 0xFF,
+            PGN_DM1 >> 16,
+        ]
+    )
     frames = [can.Message(timestamp=t, arbitration_id=_id(PGN_TP_CM, source), data=cm)]
     for n in range(packets):
         chunk = payload[n * 7 : n * 7 + 7]
         data = bytes([n + 1]) + chunk + b"\xff" * (7 - len(chunk))
-        frames.append(can.Message(timestamp=t + 0.05 * (n + 1),
-                                  arbitration_id=_id(PGN_TP_DT, source), data=data))  # fmt: skip
+        frames.append(
+            can.Message(
+                timestamp=t + 0.05 * (n + 1), arbitration_id=_id(PGN_TP_DT, source), data=data
+            )
+        )
     return frames

@@ -55,10 +55,10 @@ class ObdEcu:
         self.permanent = permanent or []
         self.answered = 0
         params = {"tx_padding": 0xAA, "blocking_send": False}
-        address = isotp.Address(isotp.AddressingMode.Normal_11bits, rxid=0x7E0 + ecu,
-                                txid=0x7E8 + ecu)  # fmt: skip
-        functional = isotp.Address(isotp.AddressingMode.Normal_11bits, rxid=0x7DF,
-                                   txid=0x7E8 + ecu)  # fmt: skip
+        address = isotp.Address(
+            isotp.AddressingMode.Normal_11bits, rxid=0x7E0 + ecu, txid=0x7E8 + ecu
+        )
+        functional = isotp.Address(isotp.AddressingMode.Normal_11bits, rxid=0x7DF, txid=0x7E8 + ecu)
         self._notifier = can.Notifier(bus, [])
         self._stacks = [
             isotp.NotifierBasedCanStack(bus, self._notifier, address=address, params=params),

@@ -59,8 +59,12 @@ class Scenario:
 
     def __post_init__(self) -> None:
         for segment in self.cycle:
-            if not (len(segment) == 2 and isinstance(segment[0], str)
-                    and isinstance(segment[1], float) and segment[1] > 0):  # fmt: skip
+            if not (
+                len(segment) == 2
+                and isinstance(segment[0], str)
+                and isinstance(segment[1], float)
+                and segment[1] > 0
+            ):
                 raise ConfigError(f"cycle: {list(segment)} must be [idle|urban|highway, seconds]")
             try:
                 target_speed(segment[0], 0.0, 0.0)

@@ -33,16 +33,34 @@ def drive_log(path: Path, seconds: float, *, start: float = 1_700_000_000.0) -> 
             t = start + i * step
             rpm = (800 + (i * 7) % 5000) * 4
             logger.on_message_received(
-                can.Message(timestamp=t, arbitration_id=0x100, is_extended_id=False,
-                            data=bytes([rpm & 0xFF, rpm >> 8, 120 + (i // 500) % 20,
-                                        1 + (i // 300) % 6, 0, 0, i % 16, 0]))
-            )  # fmt: skip
+                can.Message(
+                    timestamp=t,
+                    arbitration_id=0x100,
+                    is_extended_id=False,
+                    data=bytes(
+                        [
+                            rpm & 0xFF,
+                            rpm >> 8,
+                            120 + (i // 500) % 20,
+                            1 + (i // 300) % 6,
+                            0,
+                            0,
+                            i % 16,
+                            0,
+                        ]
+                    ),
+                )
+            )
             if i % 2 == 0:
                 speed = (i * 13) % 20000
                 logger.on_message_received(
-                    can.Message(timestamp=t, arbitration_id=0x200, is_extended_id=False,
-                                data=bytes([speed >> 8, speed & 0xFF, 0, 1, 2, 0, 100, 0]))
-                )  # fmt: skip
+                    can.Message(
+                        timestamp=t,
+                        arbitration_id=0x200,
+                        is_extended_id=False,
+                        data=bytes([speed >> 8, speed & 0xFF, 0, 1, 2, 0, 100, 0]),
+                    )
+                )
     return path
 
 
@@ -81,8 +99,11 @@ def start_agent(config: Path, log: Path, *more: str) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "canvoy", "-v", "agent", "run", "--config", str(config), *more],
-            stdout=out, stderr=out, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
+            stdout=out,
+            stderr=out,
+            cwd=REPO,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
 
 
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
@@ -136,9 +157,12 @@ class Recorder:
     def _run(self) -> None:
         while not self._stop.is_set():
             conn = Connection(
-                client_id=self.name, tls=self.broker.tls("operator", self.name),
-                clean_start=False, session_expiry_s=3600, on_message=self._on_message,
-            )  # fmt: skip
+                client_id=self.name,
+                tls=self.broker.tls("operator", self.name),
+                clean_start=False,
+                session_expiry_s=3600,
+                on_message=self._on_message,
+            )
             try:
                 conn.connect(self.broker.host, self.broker.port, timeout_s=3)
                 base = f"canvoy/v1/{self.device}"

@@ -112,8 +112,9 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     port = free_port()
     proc = subprocess.Popen(
         [binary, "-js", "-a", "127.0.0.1", "-p", str(port), "-sd", str(tmp_path / "js")],
-        stdout=subprocess.DEVNULL, stderr=(tmp_path / "nats.log").open("wb"),
-    )  # fmt: skip
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "nats.log").open("wb"),
+    )
     import socket
 
     def listening() -> bool:
@@ -179,8 +180,10 @@ def start_bridge(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as out:
         return subprocess.Popen(
             [sys.executable, "-m", "canvoy", "-v", "bridge", "run", "--config", str(config)],
-            stdout=out, stderr=out, cwd=REPO,
-        )  # fmt: skip
+            stdout=out,
+            stderr=out,
+            cwd=REPO,
+        )
 
 
 def bridge_ready(config: Path, name: str = "b1") -> bool:

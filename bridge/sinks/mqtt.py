@@ -15,8 +15,11 @@ from canvoy.wire.topics import Kind, fleet_topic
 
 # Record kinds to the fleet topic they are republished on (tickets travel with the events).
 FLEET_KINDS: dict[str, Kind] = {
-    "telemetry": "telemetry", "events": "events", "status": "status", "tickets": "events",
-}  # fmt: skip
+    "telemetry": "telemetry",
+    "events": "events",
+    "status": "status",
+    "tickets": "events",
+}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -46,8 +46,9 @@ class NatsSink:
         self.config = config
         self.duplicates = 0
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name=f"nats-{name}",
-                                        daemon=True)  # fmt: skip
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"nats-{name}", daemon=True
+        )
         self._thread.start()
         self._nc: Any = None
         self._js: Any = None
@@ -59,27 +60,31 @@ class NatsSink:
     async def _connect(self) -> None:
         c = self.config
         self._nc = await nats.connect(
-            c.url, connect_timeout=c.timeout_s, max_reconnect_attempts=-1,
+            c.url,
+            connect_timeout=c.timeout_s,
+            max_reconnect_attempts=-1,
             allow_reconnect=True,
-        )  # fmt: skip
+        )
         self._js = self._nc.jetstream(timeout=c.timeout_s)
         try:
             await self._js.stream_info(c.stream)
         except NotFoundError:
             await self._js.add_stream(
                 StreamConfig(
-                    name=c.stream, subjects=[f"{c.subject_prefix}.>"],
+                    name=c.stream,
+                    subjects=[f"{c.subject_prefix}.>"],
                     duplicate_window=c.duplicate_window_s,
                 )
-            )  # fmt: skip
+            )
 
     async def _publish(self, records: Sequence[Record]) -> int:
         duplicates = 0
         for r in records:
             ack = await self._js.publish(
-                f"{self.config.subject_prefix}.{r.kind}.{r.device}", r.json().encode(),
+                f"{self.config.subject_prefix}.{r.kind}.{r.device}",
+                r.json().encode(),
                 headers={"Nats-Msg-Id": r.key},
-            )  # fmt: skip
+            )
             duplicates += bool(ack.duplicate)
         return duplicates
 

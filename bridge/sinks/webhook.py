@@ -130,13 +130,17 @@ class WebhookSink:
             retrying = Retrying(
                 retry=retry_if_exception_type(_RetryableError),
                 stop=stop_after_delay(c.max_elapsed_s),
-                wait=wait_exponential(multiplier=c.retry_min_s, min=c.retry_min_s,
-                                      max=c.retry_max_s) + wait_random(0, c.retry_min_s),
+                wait=wait_exponential(
+                    multiplier=c.retry_min_s, min=c.retry_min_s, max=c.retry_max_s
+                )
+                + wait_random(0, c.retry_min_s),
                 before_sleep=lambda s: log.warning(
                     "sink %s: POST %s failed (%s); retrying",
-                    self.name, c.url, s.outcome.exception() if s.outcome else "?",
+                    self.name,
+                    c.url,
+                    s.outcome.exception() if s.outcome else "?",
                 ),
-            )  # fmt: skip
+            )
             try:
                 retrying(self._attempt, record.key, body)
                 self.delivered += 1
@@ -149,8 +153,7 @@ class WebhookSink:
     def _dead_letter(self, key: str, body: bytes, reason: str) -> None:
         folder = self.config.dead_letter
         path = folder / f"{time.time_ns()}-{key.replace(':', '_')}.json"
-        letter = {"url": self.config.url, "key": key, "reason": reason,
-                  "body": json.loads(body)}  # fmt: skip
+        letter = {"url": self.config.url, "key": key, "reason": reason, "body": json.loads(body)}
         try:
             folder.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")

@@ -212,17 +212,31 @@ def _status(args: argparse.Namespace) -> int:
     c = outbox.counters
     if args.json:
         report = {
-            "device": config.device, "depth": outbox.depth, "bytes": outbox.bytes,
-            "events_pending": outbox.events, "oldest_unsent_ms": outbox.oldest_ms,
-            "rejected": outbox.rejected, "counters": c, "agent": live,
+            "device": config.device,
+            "depth": outbox.depth,
+            "bytes": outbox.bytes,
+            "events_pending": outbox.events,
+            "oldest_unsent_ms": outbox.oldest_ms,
+            "rejected": outbox.rejected,
+            "counters": c,
+            "agent": live,
             "events": [
-                {"seq": e.seq, "summary": e.summary, "created_ms": e.created_ms,
-                 "acked_ms": e.acked_ms, "delivered_ms": e.delivered_ms,
-                 "state": _event_state(e, now, config.diagnostics.receipt_deadline_s * 1000,
-                                       live.get("publisher", {}).get("last_error"))}
+                {
+                    "seq": e.seq,
+                    "summary": e.summary,
+                    "created_ms": e.created_ms,
+                    "acked_ms": e.acked_ms,
+                    "delivered_ms": e.delivered_ms,
+                    "state": _event_state(
+                        e,
+                        now,
+                        config.diagnostics.receipt_deadline_s * 1000,
+                        live.get("publisher", {}).get("last_error"),
+                    ),
+                }
                 for e in outbox.events_log
             ],
-        }  # fmt: skip
+        }
         print(json.dumps(report, indent=2))
         return 0
     last_ack = c.get("last_ack_ms") or None

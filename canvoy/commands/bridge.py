@@ -104,8 +104,10 @@ def _init(args: argparse.Namespace) -> int:
     events: list[str] = []
     tickets: list[str] = []
     if args.jsonl:
-        sinks.append(f"  files:\n    type: jsonl\n    path: {_q(args.jsonl)}\n"
-                     "    max_bytes: 104857600     # rotate at 100 MiB\n    keep: 5\n")  # fmt: skip
+        sinks.append(
+            f"  files:\n    type: jsonl\n    path: {_q(args.jsonl)}\n"
+            "    max_bytes: 104857600     # rotate at 100 MiB\n    keep: 5\n"
+        )
         telemetry.append("files")
         events.append("files")
     if args.webhook:
@@ -121,8 +123,9 @@ def _init(args: argparse.Namespace) -> int:
         telemetry.append("fleet")
         events.append("fleet")
     if args.nats:
-        sinks.append(f"  stream:\n    type: nats\n    url: {json.dumps(args.nats)}\n"
-                     "    stream: CANVOY\n")  # fmt: skip
+        sinks.append(
+            f"  stream:\n    type: nats\n    url: {json.dumps(args.nats)}\n    stream: CANVOY\n"
+        )
         telemetry.append("stream")
         events.append("stream")
     routes = (
@@ -131,11 +134,17 @@ def _init(args: argparse.Namespace) -> int:
     )
     crl = args.certs / "crl.pem"
     text = TEMPLATE.format(
-        name=name, ca=_q(args.certs / "ca.pem"), cert=_q(folder / "cert.pem"),
-        key=_q(folder / "key.pem"), crl=_q(crl) if crl.exists() else "null", host=host,
-        port=port, quarantine=_q(out_dir / "quarantine.jsonl"),
-        sinks="".join(sinks) or "  {}\n", routes=routes,
-    )  # fmt: skip
+        name=name,
+        ca=_q(args.certs / "ca.pem"),
+        cert=_q(folder / "cert.pem"),
+        key=_q(folder / "key.pem"),
+        crl=_q(crl) if crl.exists() else "null",
+        host=host,
+        port=port,
+        quarantine=_q(out_dir / "quarantine.jsonl"),
+        sinks="".join(sinks) or "  {}\n",
+        routes=routes,
+    )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     load_config(args.output)

@@ -16,8 +16,12 @@ def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "demo", help="run the whole chain locally: a fault becomes a service-desk event"
     )
-    parser.add_argument("--workdir", type=Path, default=Path("demo-run"),
-                        help="where the demo writes everything (recreated)")  # fmt: skip
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("demo-run"),
+        help="where the demo writes everything (recreated)",
+    )
     parser.set_defaults(func=_run)
 
 

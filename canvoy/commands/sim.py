@@ -26,14 +26,19 @@ def add_parser(sub: Any) -> None:
     sim_sub = parser.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--scenario", default="normal",
-                       help="normal, overheat, battery_ageing, intermittent_sensor, bus_noise "
-                            "or a scenario YAML file")  # fmt: skip
+        p.add_argument(
+            "--scenario",
+            default="normal",
+            help="normal, overheat, battery_ageing, intermittent_sensor, bus_noise "
+            "or a scenario YAML file",
+        )
         p.add_argument("--seed", type=int, default=1, help="the same seed gives the same drive")
         p.add_argument(
-            "--dbc", type=Path, action="append",
+            "--dbc",
+            type=Path,
+            action="append",
             help=f"databases (default: {DEMO_DBC.name} and {DEMO_HV_DBC.name})",
-        )  # fmt: skip
+        )
 
     run = sim_sub.add_parser("run", help="send the drive onto a CAN bus at real time")
     common(run)
@@ -46,8 +51,13 @@ def add_parser(sub: Any) -> None:
 
     rec = sim_sub.add_parser("record", help="write the drive to a log file as fast as possible")
     common(rec)
-    rec.add_argument("-o", "--output", type=Path, required=True,
-                     help="log file: .blf .asc .log .csv .trc .mf4 .db")  # fmt: skip
+    rec.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="log file: .blf .asc .log .csv .trc .mf4 .db",
+    )
     rec.add_argument("--duration", type=float, help="seconds (default: one drive cycle)")
     rec.set_defaults(func=_record)
 
@@ -78,9 +88,11 @@ def _record(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(f"cannot write {args.output}: {exc}") from exc
     faults = ", ".join(f"{code} {what} at {t:.1f} s" for t, code, what in drive.faults.history)
-    print(f"wrote {frames:,} frames ({duration:.0f} s of driving, scenario "
-          f"{drive.scenario.name}) to {args.output} in {time.perf_counter() - start:.1f} s"
-          + (f"; {faults}" if faults else ""))  # fmt: skip
+    print(
+        f"wrote {frames:,} frames ({duration:.0f} s of driving, scenario "
+        f"{drive.scenario.name}) to {args.output} in {time.perf_counter() - start:.1f} s"
+        + (f"; {faults}" if faults else "")
+    )
     return 0
 
 
@@ -90,8 +102,11 @@ def _run(args: argparse.Namespace) -> int:
     stop_on_signals(stop.set)
     try:
         bus = can.Bus(interface=args.interface, channel=args.channel)
-        fd_bus = (can.Bus(interface=args.interface, channel=args.fd_channel, fd=True)
-                  if args.fd_channel else None)  # fmt: skip
+        fd_bus = (
+            can.Bus(interface=args.interface, channel=args.fd_channel, fd=True)
+            if args.fd_channel
+            else None
+        )
     except (can.CanError, OSError, ValueError) as exc:
         raise ConfigError(
             f"cannot open {args.interface}/{args.channel}: {exc} (see docs/CAN.md)"
@@ -126,17 +141,23 @@ def _fleet(args: argparse.Namespace) -> int:
         conn.publish(dev.topic("status"), dev.birth(), retain=True)
         vehicles.append((dev, conn))
     if issued:
-        print(f"issued {issued} new device certificate(s): the broker accepts their publishes "
-              "once its ACL is reloaded (SIGHUP to 'canvoy broker')")  # fmt: skip
+        print(
+            f"issued {issued} new device certificate(s): the broker accepts their publishes "
+            "once its ACL is reloaded (SIGHUP to 'canvoy broker')"
+        )
     print(f"{len(vehicles)} vehicles connected; publishing one batch per vehicle per second")
     sent = failed = 0
     first_error = ""
     start = time.time()
     second = 0
     while not stop.is_set() and second < args.duration:
-        futures = [conn.publish(dev.topic("telemetry"),
-                                dev.telemetry(drive_series(start + second, 1.0, args.signals)))
-                   for dev, conn in vehicles]  # fmt: skip
+        futures = [
+            conn.publish(
+                dev.topic("telemetry"),
+                dev.telemetry(drive_series(start + second, 1.0, args.signals)),
+            )
+            for dev, conn in vehicles
+        ]
         for fut in futures:
             try:
                 fut.result(30)

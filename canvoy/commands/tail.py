@@ -27,10 +27,11 @@ from canvoy.wire.topics import PREFIX
 def add_parser(sub: Any) -> None:
     """Register ``canvoy tail``."""
     parser = sub.add_parser(
-        "tail", help="follow devices' messages live, verified against the fleet CA",
+        "tail",
+        help="follow devices' messages live, verified against the fleet CA",
         description="Subscribes as an operator, verifies each envelope (certificate, signature, "
         "body) and prints it. Keys are learned from the devices' retained birth messages.",
-    )  # fmt: skip
+    )
     parser.add_argument("--certs", type=Path, required=True, help="fleet PKI directory")
     parser.add_argument("--identity", required=True, metavar="operator/NAME")
     parser.add_argument("--broker", default="localhost:8883", metavar="HOST:PORT")

@@ -121,9 +121,12 @@ def test_multiplexed_pages_are_tracked_separately() -> None:
         )
     assert collector.stats.decoded == 2
     assert {s.key for s in out} == {
-        "pt/MUXED/Page", "pt/MUXED/CellVoltage1", "pt/MUXED/CellVoltage2",
-        "pt/MUXED/CellTemp1", "pt/MUXED/CellTemp2",
-    }  # fmt: skip
+        "pt/MUXED/Page",
+        "pt/MUXED/CellVoltage1",
+        "pt/MUXED/CellVoltage2",
+        "pt/MUXED/CellTemp1",
+        "pt/MUXED/CellTemp2",
+    }
 
 
 def test_policy_hash_changes_with_the_agreement() -> None:

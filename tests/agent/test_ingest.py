@@ -22,9 +22,13 @@ def _engine_log(path: Path, n: int = 20) -> Path:
     with can.Logger(str(path)) as logger:
         for i in range(n):
             logger.on_message_received(
-                can.Message(timestamp=1_700_000_000 + i * 0.01, arbitration_id=0x100,
-                            is_extended_id=False, data=bytes([i, 0, 120, 3, 0, 0, 0, 0]))
-            )  # fmt: skip
+                can.Message(
+                    timestamp=1_700_000_000 + i * 0.01,
+                    arbitration_id=0x100,
+                    is_extended_id=False,
+                    data=bytes([i, 0, 120, 3, 0, 0, 0, 0]),
+                )
+            )
     return path
 
 
@@ -39,20 +43,42 @@ def test_replay_and_live_buses_from_config(tmp_path: Path) -> None:
     log = _engine_log(tmp_path / "drive.blf")
     buses = [
         build(BusConfig, {"name": "pt", "databases": [str(TEST_DBC)], "replay": str(log)}, "b"),
-        build(BusConfig, {"name": "live", "databases": [str(TEST_DBC)], "interface": "virtual",
-                          "channel": "canvoy-ingest"}, "buses[1]"),
-    ]  # fmt: skip
+        build(
+            BusConfig,
+            {
+                "name": "live",
+                "databases": [str(TEST_DBC)],
+                "interface": "virtual",
+                "channel": "canvoy-ingest",
+            },
+            "buses[1]",
+        ),
+    ]
     samples: list[Sample] = []
     ingest = Ingest(buses, load_policy(None), samples.append)
     ingest.start()
     sender = can.Bus(interface="virtual", channel="canvoy-ingest")
     try:
-        wait_for(lambda: ingest.channels[0].thread is not None and
-                 not ingest.channels[0].thread.is_alive(), what="replay end")  # fmt: skip
-        wait_for(lambda: ingest.channels[1].supervisor is not None and
-                 ingest.channels[1].supervisor.bus is not None, what="live bus open")  # fmt: skip
-        sender.send(can.Message(arbitration_id=0x100, is_extended_id=False,
-                                data=bytes([0x40, 0x1F, 120, 3, 0, 0, 0, 0])))  # fmt: skip
+        wait_for(
+            lambda: (
+                ingest.channels[0].thread is not None and not ingest.channels[0].thread.is_alive()
+            ),
+            what="replay end",
+        )
+        wait_for(
+            lambda: (
+                ingest.channels[1].supervisor is not None
+                and ingest.channels[1].supervisor.bus is not None
+            ),
+            what="live bus open",
+        )
+        sender.send(
+            can.Message(
+                arbitration_id=0x100,
+                is_extended_id=False,
+                data=bytes([0x40, 0x1F, 120, 3, 0, 0, 0, 0]),
+            )
+        )
         wait_for(lambda: any(s.key.startswith("live/") for s in samples), what="live sample")
     finally:
         sender.shutdown()

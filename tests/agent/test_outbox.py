@@ -21,8 +21,11 @@ KEY = ec.generate_private_key(ec.SECP256R1())
 def _open(path: Path, max_bytes: int = 64 * MiB, page_limit: int | None = None) -> Outbox:
     return Outbox(
         OutboxConfig(path=path, max_bytes=max_bytes),
-        device="car-1", boot=os.urandom(16), key=KEY, page_limit=page_limit,
-    )  # fmt: skip
+        device="car-1",
+        boot=os.urandom(16),
+        key=KEY,
+        page_limit=page_limit,
+    )
 
 
 def _noise(n: int = 100_000) -> bytes:
@@ -48,8 +51,10 @@ def test_events_go_first_and_acknowledged_rows_leave(tmp_path: Path) -> None:
     box.seal("telemetry", "none", b"t2")
     box.seal("events", "none", b"e3")
     assert [(r.seq, r.kind) for r in box.pending(10)] == [
-        (3, "events"), (1, "telemetry"), (2, "telemetry"),
-    ]  # fmt: skip
+        (3, "events"),
+        (1, "telemetry"),
+        (2, "telemetry"),
+    ]
     assert [r.seq for r in box.pending(10, skip={3, 1})] == [2]
     box.acknowledge([3, 1])
     status = box.status()

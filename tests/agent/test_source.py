@@ -14,13 +14,23 @@ from tests.waiting import wait_for
 
 T0 = 1_700_000_000.0
 FRAMES = [
-    can.Message(timestamp=T0 + i * 0.01, arbitration_id=0x100 + i % 5, is_extended_id=False,
-                data=bytes([i % 256, 1, 2, 3, 4, 5, 6, 7]), channel=0)
+    can.Message(
+        timestamp=T0 + i * 0.01,
+        arbitration_id=0x100 + i % 5,
+        is_extended_id=False,
+        data=bytes([i % 256, 1, 2, 3, 4, 5, 6, 7]),
+        channel=0,
+    )
     for i in range(50)
 ] + [
-    can.Message(timestamp=1_700_000_001.0, arbitration_id=0x18FEF100, is_extended_id=True,
-                data=bytes([9, 8, 7]), channel=0)
-]  # fmt: skip
+    can.Message(
+        timestamp=1_700_000_001.0,
+        arbitration_id=0x18FEF100,
+        is_extended_id=True,
+        data=bytes([9, 8, 7]),
+        channel=0,
+    )
+]
 
 
 def _key(msg: can.Message) -> tuple[object, ...]:

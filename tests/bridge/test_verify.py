@@ -29,9 +29,10 @@ from canvoy.wire.keys import DeviceKeys
 def _verifier(pki_dir: Path) -> Verifier:
     crl = pki.crl_path(pki_dir)
     return Verifier(
-        DeviceKeys(pki.ca_cert_path(pki_dir).read_bytes(),
-                   crl.read_bytes() if crl.exists() else None)
-    )  # fmt: skip
+        DeviceKeys(
+            pki.ca_cert_path(pki_dir).read_bytes(), crl.read_bytes() if crl.exists() else None
+        )
+    )
 
 
 def test_a_birth_teaches_the_key_and_telemetry_verifies(pki_dir: Path) -> None:
@@ -164,9 +165,12 @@ def test_worker_processes_verify_like_the_main_process(pki_dir: Path) -> None:
     pool = VerifyPool(2)
     try:
         ok, bad, junk = pool.verify(
-            [(topic, good, key), (topic, forged.telemetry({"pt/A/b": [(1.0, 9.9)]}), key),
-             (topic, b"\x00", key)]
-        )  # fmt: skip
+            [
+                (topic, good, key),
+                (topic, forged.telemetry({"pt/A/b": [(1.0, 9.9)]}), key),
+                (topic, b"\x00", key),
+            ]
+        )
     finally:
         pool.close()
     assert ok.verified is not None and ok.verified.key == f"car-1:{car.boot.hex()}:1"

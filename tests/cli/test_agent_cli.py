@@ -17,19 +17,36 @@ from tests.waiting import wait_for
 def canvoy(*args: str) -> subprocess.CompletedProcess[str]:
     """Run the CLI and capture its output."""
     return subprocess.run(
-        [sys.executable, "-m", "canvoy", *args], capture_output=True, text=True, cwd=REPO,
-        timeout=120, check=False,
-    )  # fmt: skip
+        [sys.executable, "-m", "canvoy", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_init_writes_a_config_that_runs_as_is(broker: RunningBroker, tmp_path: Path) -> None:
     log = drive_log(tmp_path / "drive.asc", 20)
     config = tmp_path / "conf" / "agent.yaml"
     done = canvoy(
-        "agent", "init", "--device", "car-2", "--certs", str(broker.certs),
-        "--broker", f"127.0.0.1:{broker.port}", "--dbc", str(TEST_DBC), "--replay", str(log),
-        "--outbox", str(tmp_path / "box.sqlite"), "-o", str(config),
-    )  # fmt: skip
+        "agent",
+        "init",
+        "--device",
+        "car-2",
+        "--certs",
+        str(broker.certs),
+        "--broker",
+        f"127.0.0.1:{broker.port}",
+        "--dbc",
+        str(TEST_DBC),
+        "--replay",
+        str(log),
+        "--outbox",
+        str(tmp_path / "box.sqlite"),
+        "-o",
+        str(config),
+    )
     assert done.returncode == 0, done.stderr
     text = config.read_text()
     assert "# " in text and "device: car-2" in text  # commented, complete
@@ -65,9 +82,21 @@ def test_a_bad_config_names_the_key(
 ) -> None:
     config = tmp_path / "agent.yaml"
     done = canvoy(
-        "agent", "init", "--device", "car-2", "--certs", str(pki_dir), "--broker",
-        "localhost:8883", "--dbc", str(TEST_DBC), "--bus", "virtual:x", "-o", str(config),
-    )  # fmt: skip
+        "agent",
+        "init",
+        "--device",
+        "car-2",
+        "--certs",
+        str(pki_dir),
+        "--broker",
+        "localhost:8883",
+        "--dbc",
+        str(TEST_DBC),
+        "--bus",
+        "virtual:x",
+        "-o",
+        str(config),
+    )
     assert done.returncode == 0, done.stderr
     old, new = edit
     assert old in config.read_text()
@@ -81,8 +110,20 @@ def test_a_bad_config_names_the_key(
 
 def test_init_refuses_a_device_without_a_certificate(pki_dir: Path, tmp_path: Path) -> None:
     done = canvoy(
-        "agent", "init", "--device", "car-9", "--certs", str(pki_dir), "--broker", "h:1",
-        "--dbc", str(TEST_DBC), "--bus", "virtual:x", "-o", str(tmp_path / "a.yaml"),
-    )  # fmt: skip
+        "agent",
+        "init",
+        "--device",
+        "car-9",
+        "--certs",
+        str(pki_dir),
+        "--broker",
+        "h:1",
+        "--dbc",
+        str(TEST_DBC),
+        "--bus",
+        "virtual:x",
+        "-o",
+        str(tmp_path / "a.yaml"),
+    )
     assert done.returncode == 2
     assert "canvoy certs issue" in done.stderr

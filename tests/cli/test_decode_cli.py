@@ -18,8 +18,11 @@ from tests.agent.test_decode import J1939_DBC, TEST_DBC, TRUCK_LOG, needs_shared
 def _canvoy(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "canvoy", *map(str, args)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def _random_log(path: Path, frames: int = 3000) -> Path:
@@ -32,9 +35,15 @@ def _random_log(path: Path, frames: int = 3000) -> Path:
             page = rng.choice([0, 1, 7]) if arb == 0x300 else rng.randrange(256)
             data = bytes([page]) + bytes(rng.randrange(256) for _ in range(length - 1))
             logger.on_message_received(
-                can.Message(timestamp=1_700_000_000 + i * 0.001, arbitration_id=arb,
-                            is_extended_id=ext, is_fd=fd, data=data, channel=0)
-            )  # fmt: skip
+                can.Message(
+                    timestamp=1_700_000_000 + i * 0.001,
+                    arbitration_id=arb,
+                    is_extended_id=ext,
+                    is_fd=fd,
+                    data=data,
+                    channel=0,
+                )
+            )
     return path
 
 

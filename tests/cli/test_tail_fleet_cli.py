@@ -20,10 +20,26 @@ def test_tail_prints_verified_records_and_reports_forgeries(broker: RunningBroke
     conn = broker.connect("device", "car-1")
     conn.publish(car.topic("status"), car.birth(), retain=True).result(5)
     tail = subprocess.Popen(
-        [sys.executable, "-m", "canvoy", "tail", "--certs", str(broker.certs), "--identity",
-         "operator/ops", "--broker", f"127.0.0.1:{broker.port}", "--json", "--count", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "canvoy",
+            "tail",
+            "--certs",
+            str(broker.certs),
+            "--identity",
+            "operator/ops",
+            "--broker",
+            f"127.0.0.1:{broker.port}",
+            "--json",
+            "--count",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     try:
         assert tail.stderr is not None and tail.stdout is not None
         assert "following" in tail.stderr.readline()  # subscribed
@@ -50,10 +66,29 @@ def test_sim_fleet_publishes_signed_batches(broker: RunningBroker) -> None:
     ops = broker.connect("operator", "ops", received=received)
     ops.subscribe([("canvoy/v1/+/telemetry", 1)])
     done = subprocess.run(
-        [sys.executable, "-m", "canvoy", "sim", "fleet", "--vehicles", "3", "--certs",
-         str(broker.certs), "--broker", f"127.0.0.1:{broker.port}", "--duration", "2",
-         "--signals", "2"], capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "canvoy",
+            "sim",
+            "fleet",
+            "--vehicles",
+            "3",
+            "--certs",
+            str(broker.certs),
+            "--broker",
+            f"127.0.0.1:{broker.port}",
+            "--duration",
+            "2",
+            "--signals",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert "published 6 batches (0 failed) from 3 vehicles" in done.stdout
     wait_for(lambda: len(received) == 6, what="6 batches")
@@ -62,10 +97,29 @@ def test_sim_fleet_publishes_signed_batches(broker: RunningBroker) -> None:
 
 def test_sim_fleet_says_why_new_devices_are_refused(broker: RunningBroker) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "canvoy", "sim", "fleet", "--vehicles", "1", "--certs",
-         str(broker.certs), "--broker", f"127.0.0.1:{broker.port}", "--duration", "1",
-         "--prefix", "new"], capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "canvoy",
+            "sim",
+            "fleet",
+            "--vehicles",
+            "1",
+            "--certs",
+            str(broker.certs),
+            "--broker",
+            f"127.0.0.1:{broker.port}",
+            "--duration",
+            "1",
+            "--prefix",
+            "new",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 1
     assert "once its ACL is reloaded" in done.stdout
     assert "Not authorized" in done.stdout

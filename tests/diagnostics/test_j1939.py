@@ -22,8 +22,9 @@ def test_bam_messages_of_a_real_truck_log_are_reassembled() -> None:
     # The engine (address 0) broadcasts engine configuration 1 (PGN 65251) and vehicle
     # identification (PGN 65260), 28 bytes each.
     assert {(pgn, source, len(payload)) for pgn, source, payload in done} == {
-        (65251, 0x00, 28), (65260, 0x00, 28),
-    }  # fmt: skip
+        (65251, 0x00, 28),
+        (65260, 0x00, 28),
+    }
     assert sum(1 for pgn, _s, _p in done if pgn == 65260) == 3
     vin = next(p for pgn, _s, p in done if pgn == 65260)[:17]
     assert vin.isalnum() and vin.isascii()  # a 17-character VIN opens the field
@@ -43,14 +44,17 @@ def test_dm1_single_frame_and_bam_give_set_and_clear_events() -> None:
     for f in frames:
         watcher.on_message_received(f)
     assert [(e["code"], e["state"]) for e in events[1:]] == [
-        ("SPN523000-FMI31", "set"), ("SPN100-FMI1", "set"),
-    ]  # fmt: skip
+        ("SPN523000-FMI31", "set"),
+        ("SPN100-FMI1", "set"),
+    ]
     assert watcher.reassembler.stats.completed == 1
     for f in dm1_frames([], source=0x00, t=3.0):
         watcher.on_message_received(f)
     assert sorted(str(e["code"]) for e in events if e["state"] == "clear") == [
-        "SPN100-FMI1", "SPN110-FMI0", "SPN523000-FMI31",
-    ]  # fmt: skip
+        "SPN100-FMI1",
+        "SPN110-FMI0",
+        "SPN523000-FMI31",
+    ]
 
 
 def test_dm1_fields_follow_j1939_73() -> None:

@@ -20,6 +20,7 @@ def test_a_lamp_sets_and_clears_once() -> None:
         watcher.observe(Sample(float(t), "car/INSTRUMENT/Odometer", 100.0 + t))
         watcher.observe(Sample(float(t), "car/INSTRUMENT/MilLamp", v))
     assert [(e["code"], e["state"], e["source"]) for e in events] == [
-        ("MIL", "set", "lamp"), ("MIL", "clear", "lamp"),
-    ]  # fmt: skip
+        ("MIL", "set", "lamp"),
+        ("MIL", "clear", "lamp"),
+    ]
     assert events[0]["odometer_km"] == 101.0 and events[1]["opened_seq"] == 7

@@ -78,8 +78,10 @@ def test_the_agent_reads_pids_and_dtcs_from_the_simulated_ecu() -> None:
         assert poller.poll_pid(0, 0x10) is None  # not supported: a negative response, counted
         assert poller.stats.negative == 1
         assert poller.read_dtcs(0) == {
-            "stored": ["P0217"], "pending": ["P0128"], "permanent": ["P0217", "U0100"],
-        }  # fmt: skip
+            "stored": ["P0217"],
+            "pending": ["P0128"],
+            "permanent": ["P0217", "U0100"],
+        }
         vehicle.dtcs = []
         poller.read_dtcs(0)
     finally:
@@ -89,8 +91,10 @@ def test_the_agent_reads_pids_and_dtcs_from_the_simulated_ecu() -> None:
         ecu_bus.shutdown()
         tester_bus.shutdown()
     assert [s.key for s in samples] == [
-        "obd/OBD_7E8/EngineSpeed", "obd/OBD_7E8/VehicleSpeed", "obd/OBD_7E8/CoolantTemp",
-    ]  # fmt: skip
+        "obd/OBD_7E8/EngineSpeed",
+        "obd/OBD_7E8/VehicleSpeed",
+        "obd/OBD_7E8/CoolantTemp",
+    ]
     assert [(e["code"], e["state"]) for e in events] == [("P0217", "set"), ("P0217", "clear")]
 
 

@@ -19,12 +19,14 @@ from canvoy.wire.keys import DeviceKeys
 def test_set_and_clear_of_one_episode_share_one_ticket_on_any_instance(pki_dir: Path) -> None:
     car = VirtualDevice.from_pki(pki_dir, "car-1")
     rules = (ServiceRule(match="P02*", severity="high", title="Overheating"),)
-    opened = car.events([{"type": "dtc", "t_ms": 1, "code": "P0217", "state": "set",
-                          "odometer_km": 10.5}])  # fmt: skip
+    opened = car.events(
+        [{"type": "dtc", "t_ms": 1, "code": "P0217", "state": "set", "odometer_km": 10.5}]
+    )
     open_seq = car.seq
     car.seq += 5
-    closed = car.events([{"type": "dtc", "t_ms": 9, "code": "P0217", "state": "clear",
-                          "opened_seq": open_seq}])  # fmt: skip
+    closed = car.events(
+        [{"type": "dtc", "t_ms": 9, "code": "P0217", "state": "clear", "opened_seq": open_seq}]
+    )
     other = car.events([{"type": "dtc", "t_ms": 9, "code": "B1000", "state": "set"}])
     ids = []
     for _instance in range(2):  # two bridges, fresh state each
@@ -35,16 +37,19 @@ def test_set_and_clear_of_one_episode_share_one_ticket_on_any_instance(pki_dir: 
             for record in ticketing.tickets(verifier.check(car.topic("events"), payload)):
                 ids.append((record.data["ticket_id"], record.data["status"], record.key))
     assert ids[:2] == ids[2:]  # the same on both instances
-    assert [i[:2] for i in ids[:2]] == [(f"car-1:P0217:{open_seq}", "open"),
-                                        (f"car-1:P0217:{open_seq}", "closed")]  # fmt: skip
+    assert [i[:2] for i in ids[:2]] == [
+        (f"car-1:P0217:{open_seq}", "open"),
+        (f"car-1:P0217:{open_seq}", "closed"),
+    ]
 
 
 def test_receipts_mark_events_delivered(tmp_path: Path) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     boot = os.urandom(16)
     box = Outbox(OutboxConfig(path=tmp_path / "o.sqlite"), device="car-1", boot=boot, key=key)
-    encoding, data = body.encode(body.events_content(
-        [{"type": "dtc", "t_ms": 1, "code": "P0217", "state": "set"}]))  # fmt: skip
+    encoding, data = body.encode(
+        body.events_content([{"type": "dtc", "t_ms": 1, "code": "P0217", "state": "set"}])
+    )
     seq = box.seal("events", encoding, data)
     box.seal("telemetry", "none", b"t")
     assert [e.summary for e in box.status().events_log] == ["P0217 set"]

@@ -16,14 +16,17 @@ from canvoy.errors import ConfigError
     [
         ("CoolantTemp > 110", {"CoolantTemp": 111}, True),
         ("CoolantTemp > 110", {"CoolantTemp": 110}, False),
-        ("ENGINE_2.CoolantTemp >= 110 and not VehicleSpeed == 0",
-         {"ENGINE_2/CoolantTemp": 110, "VehicleSpeed": 3}, True),
+        (
+            "ENGINE_2.CoolantTemp >= 110 and not VehicleSpeed == 0",
+            {"ENGINE_2/CoolantTemp": 110, "VehicleSpeed": 3},
+            True,
+        ),
         ("(a < 1 or b > 2) and c != 'Off'", {"a": 5, "b": 3, "c": "On"}, True),
         ("10 < x <= 20", {"x": 20}, True),
         ("x > -5", {"x": -4}, True),
         ("missing > 1", {}, False),
     ],
-)  # fmt: skip
+)
 def test_conditions(text: str, values: dict[str, Any], holds: bool) -> None:
     assert parse_condition(text).evaluate(values) is holds
 
@@ -52,9 +55,12 @@ def test_hold_time_freeze_frame_and_clear() -> None:
         return 40 + len(events)
 
     config = TriggerConfig(
-        name="coolant_overtemp", when="CoolantTemp > 110 for 5 s",
-        freeze_frame=("CoolantTemp", "EngineSpeed"), before_s=3, after_s=2,
-    )  # fmt: skip
+        name="coolant_overtemp",
+        when="CoolantTemp > 110 for 5 s",
+        freeze_frame=("CoolantTemp", "EngineSpeed"),
+        before_s=3,
+        after_s=2,
+    )
     watcher = TriggerWatcher((config,), emit, lambda: {"odometer_km": 12.5})
     for i in range(40):  # one sample a second; above 110 from t=10 to t=29
         t = 1000.0 + i

@@ -21,8 +21,11 @@ from tests.waiting import wait_for
 def _status(config: Path) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, "-m", "canvoy", "agent", "status", "--config", str(config), "--json"],
-        capture_output=True, text=True, cwd=REPO, check=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
     report: dict[str, object] = json.loads(done.stdout)
     return report
 

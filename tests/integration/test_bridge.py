@@ -50,8 +50,9 @@ def test_every_kind_of_bad_message_is_quarantined_and_good_traffic_flows(
 ) -> None:
     pki.revoke(broker.certs, "car-2")  # the bridge reads the CRL; the broker was not reloaded
     out = tmp_path / "out.jsonl"
-    config = bridge_config(tmp_path / "bridge.yaml", broker, jsonl=out,
-                           extra="replay_window: 1000\n")  # fmt: skip
+    config = bridge_config(
+        tmp_path / "bridge.yaml", broker, jsonl=out, extra="replay_window: 1000\n"
+    )
     bridge = start_bridge(config, tmp_path / "bridge.log")
     try:
         wait_for(lambda: bridge_ready(config), what="bridge connected")
@@ -69,10 +70,12 @@ def test_every_kind_of_bad_message_is_quarantined_and_good_traffic_flows(
         stranger.device = "car-2"
         far = VirtualDevice("car-1", car1.key, car1.cert_pem, boot=car1.boot)
         oversize = b"\x92\xc6" + (131_100).to_bytes(4, "big") + os.urandom(131_100)
-        future_version = msgpack.packb([
-            msgpack.packb([2, "car-1", car1.boot, 50, "telemetry", 0, "none", b""]),
-            b"\x00" * 64,
-        ])  # fmt: skip
+        future_version = msgpack.packb(
+            [
+                msgpack.packb([2, "car-1", car1.boot, 50, "telemetry", 0, "none", b""]),
+                b"\x00" * 64,
+            ]
+        )
         bad = [
             (tele, forger.telemetry(_series(2)), "bad_signature"),
             (tele, stranger.telemetry(_series(3)), "identity_mismatch"),
@@ -208,8 +211,11 @@ def test_a_sigkilled_bridge_loses_nothing(broker: RunningBroker, tmp_path: Path)
                 stop(bridge, signal.SIGKILL)
         (tmp_path / "status-b1.json").unlink()
         bridge = start_bridge(config, tmp_path / "bridge.log")
-        wait_for(lambda: {r["seq"] for r in read_jsonl(out)} >= set(range(1, 301)),
-                 timeout_s=60, what="all 300 batches")  # fmt: skip
+        wait_for(
+            lambda: {r["seq"] for r in read_jsonl(out)} >= set(range(1, 301)),
+            timeout_s=60,
+            what="all 300 batches",
+        )
     finally:
         assert stop(bridge) == 0
 

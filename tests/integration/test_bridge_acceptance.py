@@ -24,12 +24,34 @@ pytestmark = pytest.mark.skipif(
 def _pub(broker: RunningBroker, payload: Path) -> None:
     folder = broker.certs / "device" / "car-1"
     done = subprocess.run(
-        ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(broker.port), "-V", "mqttv5",
-         "-i", "car-1-by-hand", "--cafile", str(broker.certs / "ca.pem"),
-         "--cert", str(folder / "cert.pem"), "--key", str(folder / "key.pem"),
-         "-t", "canvoy/v1/car-1/telemetry", "-f", str(payload), "-q", "1"],
-        capture_output=True, text=True, timeout=20, check=False,
-    )  # fmt: skip
+        [
+            "mosquitto_pub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(broker.port),
+            "-V",
+            "mqttv5",
+            "-i",
+            "car-1-by-hand",
+            "--cafile",
+            str(broker.certs / "ca.pem"),
+            "--cert",
+            str(folder / "cert.pem"),
+            "--key",
+            str(folder / "key.pem"),
+            "-t",
+            "canvoy/v1/car-1/telemetry",
+            "-f",
+            str(payload),
+            "-q",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -60,8 +82,11 @@ def test_stock_client_forgeries_are_quarantined_while_the_agent_flows(
             _pub(broker, path)
         assert agent.wait(120) == 0
         last = open_status(tmp_path / "car-1-outbox.sqlite").counters["next_seq"] - 1
-        wait_for(lambda: {r["seq"] for r in read_jsonl(out)} >= set(range(1, last + 1)),
-                 timeout_s=30, what="every agent batch at the sink")  # fmt: skip
+        wait_for(
+            lambda: {r["seq"] for r in read_jsonl(out)} >= set(range(1, last + 1)),
+            timeout_s=30,
+            what="every agent batch at the sink",
+        )
         forwarded = read_jsonl(out)
         assert len(forwarded) == last  # nothing crafted was forwarded
         assert all(r["device"] == "car-1" for r in forwarded)

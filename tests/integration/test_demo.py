@@ -13,8 +13,12 @@ def test_demo_delivers_the_dtc_and_cleans_up(tmp_path: Path) -> None:
     workdir = tmp_path / "demo"
     done = subprocess.run(
         [sys.executable, "-m", "canvoy", "demo", "--workdir", str(workdir)],
-        capture_output=True, text=True, cwd=REPO, timeout=300, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     out = done.stdout
     # Exactly one ticket for the P0217 episode, opened and then closed.
@@ -27,8 +31,9 @@ def test_demo_delivers_the_dtc_and_cleans_up(tmp_path: Path) -> None:
     assert "P0217 set" in out and "coolant_overtemp set" in out
     assert out.count("delivered at") == 4 and "pending since" not in out
     assert "canvoy tail --certs" in out
-    left = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True,
-                          check=False)  # fmt: skip
+    left = subprocess.run(
+        ["pgrep", "-f", str(workdir)], capture_output=True, text=True, check=False
+    )
     assert left.stdout.strip() == "", f"processes left running: {left.stdout}"
     records = (workdir / "records.jsonl").read_text().splitlines()
     assert len(records) > 10

@@ -60,8 +60,11 @@ mqtt: {{host: 127.0.0.1, port: {broker.port}}}
 
     try:
         wait_for(lambda: ("P0217", "set") in seen()[1], timeout_s=30, what="the OBD DTC event")
-        wait_for(lambda: {"obd/OBD_7E8/EngineSpeed", "obd/OBD_7E8/CoolantTemp"} <= seen()[0],
-                 timeout_s=30, what="OBD PIDs as telemetry")  # fmt: skip
+        wait_for(
+            lambda: {"obd/OBD_7E8/EngineSpeed", "obd/OBD_7E8/CoolantTemp"} <= seen()[0],
+            timeout_s=30,
+            what="OBD PIDs as telemetry",
+        )
     finally:
         agent.stop()
         runner.join(30)

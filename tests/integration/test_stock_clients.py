@@ -31,10 +31,21 @@ def _canvoy(*args: str) -> subprocess.CompletedProcess[str]:
 def _tls(root: Path, kind: str, name: str, port: int) -> list[str]:
     folder = root / kind / name
     return [
-        "-h", "localhost", "-p", str(port), "-V", "mqttv5", "-i", name,
-        "--cafile", str(root / "ca.pem"),
-        "--cert", str(folder / "cert.pem"), "--key", str(folder / "key.pem"),
-    ]  # fmt: skip
+        "-h",
+        "localhost",
+        "-p",
+        str(port),
+        "-V",
+        "mqttv5",
+        "-i",
+        name,
+        "--cafile",
+        str(root / "ca.pem"),
+        "--cert",
+        str(folder / "cert.pem"),
+        "--key",
+        str(folder / "key.pem"),
+    ]
 
 
 def _pub(root: Path, name: str, port: int, topic: str) -> subprocess.CompletedProcess[str]:
@@ -85,10 +96,26 @@ def test_stock_clients_against_canvoy_broker(tmp_path: Path) -> None:
         assert out.read_text().splitlines() == ["canvoy/v1/car-1/telemetry hi"]
 
         anonymous = subprocess.run(
-            ["mosquitto_pub", "-h", "localhost", "-p", str(port), "--cafile",
-             str(root / "ca.pem"), "-t", "canvoy/v1/car-1/telemetry", "-m", "x", "-q", "1"],
-            capture_output=True, text=True, timeout=20, check=False,
-        )  # fmt: skip
+            [
+                "mosquitto_pub",
+                "-h",
+                "localhost",
+                "-p",
+                str(port),
+                "--cafile",
+                str(root / "ca.pem"),
+                "-t",
+                "canvoy/v1/car-1/telemetry",
+                "-m",
+                "x",
+                "-q",
+                "1",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        )
         assert anonymous.returncode != 0
 
         assert _pub(root, "car-2", port, "canvoy/v1/car-2/telemetry").returncode == 0

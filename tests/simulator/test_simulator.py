@@ -111,8 +111,9 @@ def test_recorded_logs_replay_identically_in_every_format(
 ) -> None:
     path = tmp_path / f"drive{suffix}"
     count = record(Drive(load_scenario(scenario), seed=2, databases=databases), path, 20.0)
-    expected = [m for m, _v in Drive(load_scenario(scenario), seed=2,
-                                     databases=databases).frames(20.0)]  # fmt: skip
+    expected = [
+        m for m, _v in Drive(load_scenario(scenario), seed=2, databases=databases).frames(20.0)
+    ]
     frames = list(read_log(path))
     assert len(frames) == count == len(expected)
     for got, want in zip(frames, expected, strict=True):
@@ -127,8 +128,11 @@ def test_recorded_logs_replay_identically_in_every_format(
 def test_noise_is_counted_by_the_agent_not_fatal(tmp_path: Path) -> None:
     log = tmp_path / "noisy.blf"
     record(Drive(load_scenario("bus_noise"), seed=2), log, 30.0)
-    bus = build(BusConfig, {"name": "car", "databases": [str(p) for p in DATABASES],
-                            "replay": str(log)}, "bus")  # fmt: skip
+    bus = build(
+        BusConfig,
+        {"name": "car", "databases": [str(p) for p in DATABASES], "replay": str(log)},
+        "bus",
+    )
     samples: list[Sample] = []
     ingest = Ingest([bus], load_policy(None), samples.append)
     ingest.channels[0].thread = None
@@ -143,10 +147,14 @@ def test_the_agent_turns_the_dtc_broadcast_into_set_and_clear_events(tmp_path: P
     record(Drive(load_scenario("overheat"), seed=1), log, 600.0)
     events: list[dict[str, object]] = []
     watcher = DtcWatcher(DiagnosticsConfig(), events.extend)  # type: ignore[arg-type]
-    bus = build(BusConfig, {"name": "car", "databases": [str(p) for p in DATABASES],
-                            "replay": str(log)}, "bus")  # fmt: skip
-    ingest = Ingest([bus], load_policy(REPO / "dbc" / "demo_policy.yaml"),
-                    watcher.wrap(lambda _s: None))  # fmt: skip
+    bus = build(
+        BusConfig,
+        {"name": "car", "databases": [str(p) for p in DATABASES], "replay": str(log)},
+        "bus",
+    )
+    ingest = Ingest(
+        [bus], load_policy(REPO / "dbc" / "demo_policy.yaml"), watcher.wrap(lambda _s: None)
+    )
     ingest._replay(ingest.channels[0])
     assert [(e["code"], e["state"]) for e in events] == [("P0217", "set"), ("P0217", "clear")]
     assert "location" in events[0]  # the demo policy consents to (coarsened) location
@@ -161,16 +169,43 @@ def test_unknown_scenario_names_the_choices() -> None:
 def test_record_and_decode_show_the_coolant_climbing(tmp_path: Path) -> None:
     out = tmp_path / "x.blf"
     done = subprocess.run(
-        [sys.executable, "-m", "canvoy", "sim", "record", "--scenario", "overheat",
-         "--duration", "300", "-o", str(out)], capture_output=True, text=True, cwd=REPO,
+        [
+            sys.executable,
+            "-m",
+            "canvoy",
+            "sim",
+            "record",
+            "--scenario",
+            "overheat",
+            "--duration",
+            "300",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
         check=False,
-    )  # fmt: skip
+    )
     assert done.returncode == 0, done.stderr
     assert "P0217 set" in done.stdout
     decoded = subprocess.run(
-        [sys.executable, "-m", "canvoy", "decode", str(out), "--dbc", str(DEMO_DBC),
-         "--signals", "CoolantTemp"], capture_output=True, text=True, cwd=REPO, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "canvoy",
+            "decode",
+            str(out),
+            "--dbc",
+            str(DEMO_DBC),
+            "--signals",
+            "CoolantTemp",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=False,
+    )
     assert decoded.returncode == 0, decoded.stderr
     temps = [json.loads(line)["signals"]["CoolantTemp"] for line in decoded.stdout.splitlines()]
     assert temps[0] < 40 and max(temps) > 110
