@@ -37,8 +37,10 @@ class BatchConfig:
     def __post_init__(self) -> None:
         if not 0.01 <= self.max_interval_s <= 3600:
             raise ConfigError(f"max_interval_s {self.max_interval_s} must be 0.01..3600")
-        if self.max_samples < 1:
-            raise ConfigError(f"max_samples {self.max_samples} must be >= 1")
+        if not 1 <= self.max_samples <= body.MAX_SAMPLES:
+            raise ConfigError(
+                f"max_samples {self.max_samples} must be 1..{body.MAX_SAMPLES} (the protocol's bound)"
+            )
         if not 1024 <= self.max_bytes <= MAX_BATCH_BYTES:
             raise ConfigError(
                 f"max_bytes {self.max_bytes} must be 1024..{MAX_BATCH_BYTES} "

@@ -1,11 +1,14 @@
 """The quarantine log: every rejected message as one JSON line, chained by hashes.
 
 Each line carries ``prev``, the SHA-256 of the previous line, so a removed or edited line breaks
-the chain (``verify_chain``). Payloads are not stored, only their hash and size.
+the chain (``verify_chain``). Payloads are stored only as their hash and size, except where the
+bridge's own code failed on a message (reason ``internal``): then the payload is kept (base64),
+so that the failure can be reproduced.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -32,8 +35,14 @@ class Quarantine:
                 last = f.read().splitlines()[-1]
             self._prev = hashlib.sha256(last).hexdigest()
 
-    def add(self, topic: str, reason: str, detail: str, payload: bytes) -> None:
-        """Record one rejected message."""
+    def add(
+        self, topic: str, reason: str, detail: str, payload: bytes, *, keep_payload: bool = False
+    ) -> None:
+        """Record one rejected message (with its payload when ``keep_payload``).
+
+        Raises:
+            OSError: the log cannot be written.
+        """
         with self._lock:
             entry = {
                 "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -44,6 +53,8 @@ class Quarantine:
                 "bytes": len(payload),
                 "prev": self._prev,
             }
+            if keep_payload:
+                entry["payload_b64"] = base64.b64encode(payload).decode()
             line = json.dumps(entry, separators=(",", ":")).encode()
             with self.path.open("ab") as out:
                 out.write(line + b"\n")

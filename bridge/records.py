@@ -29,6 +29,13 @@ class Record:
         """The record as one line of JSON."""
         return self.text
 
+    @classmethod
+    def from_text(cls, key: str, device: str, kind: str, text: str) -> Record:
+        """A record whose JSON is already encoded (from a worker, or the bridge's spool)."""
+        record = cls(key, device, kind, {})
+        record.__dict__["text"] = text
+        return record
+
 
 def records(verified: Verified) -> list[Record]:
     """The records of one verified envelope."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from canvoy.wire import body
 from canvoy.wire.envelope import SignedEnvelope, unpack, verify
-from canvoy.wire.errors import DuplicateError, IdentityMismatchError, ReplayError
-from canvoy.wire.keys import DeviceKeys
+from canvoy.wire.errors import DuplicateError, IdentityMismatchError, ReplayError, SignatureError
+from canvoy.wire.keys import DeviceKey, DeviceKeys
 from canvoy.wire.topics import parse_topic
 
 DEFAULT_WINDOW = 100_000
@@ -104,23 +104,49 @@ class Verifier:
     def __init__(self, keys: DeviceKeys, window: ReplayWindow | None = None) -> None:
         self.keys = keys
         self.window = window or ReplayWindow()
+        self._status_lock = threading.Lock()
+        self._status_ms: dict[str, int] = {}  # the newest status per device (docs/PROTOCOL.md)
 
     def check(self, topic: str, payload: bytes, *, admit: bool = True) -> Verified:
         """Verify ``payload`` received on ``topic``; learn the key from a status message.
 
+        A status message teaches its certificate's key only after the status itself verified
+        with that key and is newer than the newest status of the device seen so far.
+
         Raises:
             EnvelopeError: a subclass whose ``reason`` names the failure.
         """
-        verified = check_envelope(topic, payload, self._key_for)
+        candidate: list[DeviceKey] = []
+
+        def keys_for(device: str, parsed: Parsed) -> list[ec.EllipticCurvePublicKey]:
+            if isinstance(parsed, body.Status):
+                # A birth carries the device certificate: check it, verify with it, then trust it.
+                candidate.append(self.keys.check(device, parsed.cert_pem))
+                return [candidate[0].key]
+            return [k.key for k in self.keys.require(device)]
+
+        verified = check_envelope(topic, payload, keys_for)
+        if candidate:
+            e = verified.signed.envelope
+            with self._status_lock:
+                newest = self._status_ms.get(e.device, -1)
+                if e.created_ms >= newest:
+                    self._status_ms[e.device] = e.created_ms
+            if e.created_ms < newest:  # an older birth, replayed: it changes nothing
+                raise DuplicateError(
+                    f"{e.device}: status of {e.created_ms} is older than the newest, {newest}"
+                )
+            self.keys.trust(candidate[0])  # the newest birth teaches its key (again)
+            if e.created_ms == newest:
+                raise DuplicateError(f"{e.device}: status of {e.created_ms} was already received")
         if admit:
             self.admit(verified)
         return verified
 
-    def _key_for(self, device: str, parsed: Parsed) -> ec.EllipticCurvePublicKey:
-        if isinstance(parsed, body.Status):
-            # A birth carries the device certificate: check it, then the signature with it.
-            return self.keys.learn(device, parsed.cert_pem).key
-        return self.keys.require(device).key
+    def restore_statuses(self, newest: Mapping[str, int]) -> None:
+        """Remember the newest status time per device (from the bridge's state file)."""
+        with self._status_lock:
+            self._status_ms.update(newest)
 
     def admit(self, verified: Verified) -> None:
         """Apply the replay window to an envelope verified elsewhere (e.g. a worker process).
@@ -134,10 +160,12 @@ class Verifier:
             self.window.admit(e.device, e.boot, e.seq)
 
 
-def check_envelope(
-    topic: str, payload: bytes, key_for: Callable[[str, Parsed], ec.EllipticCurvePublicKey]
-) -> Verified:
-    """Everything but the replay window: structure, identity, body, then the signature.
+KeysFor = Callable[[str, Parsed], Sequence[ec.EllipticCurvePublicKey]]
+
+
+def check_envelope(topic: str, payload: bytes, keys_for: KeysFor) -> Verified:
+    """Everything but the replay window: structure, identity, body, then the signature, which
+    must verify with one of the keys ``keys_for`` gives (a device may have two during renewal).
 
     Raises:
         EnvelopeError: a subclass whose ``reason`` names the failure.
@@ -154,5 +182,14 @@ def check_envelope(
     if parser is None:
         raise IdentityMismatchError(f"devices do not publish {kind!r} messages")
     parsed = parser(content)
-    verify(signed, key_for(device, parsed))
+    keys = keys_for(device, parsed)
+    for i, key in enumerate(keys):
+        try:
+            verify(signed, key)
+            break
+        except SignatureError:
+            if i == len(keys) - 1:
+                raise
+    else:
+        raise SignatureError(f"{e.key}: no key to verify it with")
     return Verified(topic, signed, content, parsed)

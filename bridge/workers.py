@@ -9,6 +9,9 @@ envelope with its records (JSON already encoded) or the rejection reason.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
@@ -18,9 +21,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from canvoy.bridge.records import Record, records
 from canvoy.bridge.verify import Parsed, Verified, check_envelope
 from canvoy.wire import body
-from canvoy.wire.errors import EnvelopeError, MalformedError
+from canvoy.wire.errors import EnvelopeError
 
-Job = tuple[str, bytes, bytes]  # topic, payload, device public key (SEC1, uncompressed)
+# topic, payload, the device's trusted public keys (SEC1, uncompressed; two during a renewal)
+Job = tuple[str, bytes, tuple[bytes, ...]]
+PARENT_CHECK_S = 1.0
 _KEYS: dict[bytes, ec.EllipticCurvePublicKey] = {}
 
 
@@ -49,24 +54,23 @@ def _key(sec1: bytes) -> ec.EllipticCurvePublicKey:
 
 
 def _light(record: Record) -> Record:
-    light = Record(record.key, record.device, record.kind, {})
-    light.__dict__["text"] = record.text  # the cached JSON; sinks send only this
-    return light
+    # The cached JSON; sinks send only this.
+    return Record.from_text(record.key, record.device, record.kind, record.text)
 
 
 def verify_jobs(jobs: Sequence[Job]) -> list[Outcome]:
     """Run in a worker: verify each job with its key; never raises for a bad message."""
     out = []
-    for topic, payload, sec1 in jobs:
-        key = _key(sec1)
+    for topic, payload, sec1s in jobs:
+        keys = [_key(sec1) for sec1 in sec1s]
 
-        def key_for(
-            _device: str, _parsed: Parsed, key: ec.EllipticCurvePublicKey = key
-        ) -> ec.EllipticCurvePublicKey:
-            return key
+        def keys_for(
+            _device: str, _parsed: Parsed, keys: list[ec.EllipticCurvePublicKey] = keys
+        ) -> list[ec.EllipticCurvePublicKey]:
+            return keys
 
         try:
-            verified = check_envelope(topic, payload, key_for)
+            verified = check_envelope(topic, payload, keys_for)
             # Encode the JSON here, and send back only what the main process still needs: the
             # records' text, and the parsed body only where tickets read it (events).
             recs = tuple(_light(r) for r in records(verified))
@@ -78,8 +82,19 @@ def verify_jobs(jobs: Sequence[Job]) -> list[Outcome]:
         except EnvelopeError as exc:
             out.append(Outcome(reason=exc.reason, detail=str(exc)))
         except Exception as exc:  # whatever arrives, the worker answers
-            out.append(Outcome(reason=MalformedError.reason, detail=f"{type(exc).__name__}: {exc}"))
+            out.append(Outcome(reason="internal", detail=f"{type(exc).__name__}: {exc}"))
     return out
+
+
+def _watch_parent(parent: int) -> None:
+    """Run in each worker: exit as soon as the bridge process is gone, however it died."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 class VerifyPool:
@@ -87,13 +102,30 @@ class VerifyPool:
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=multiprocessing.get_context("spawn")
+        self._pool = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        pool = ProcessPoolExecutor(
+            max_workers=self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_watch_parent,
+            initargs=(os.getpid(),),
         )
-        self._pool.submit(int).result()  # start them now, not on the first message
+        pool.submit(int).result()  # start one now, not on the first message
+        return pool
+
+    def restart(self) -> None:
+        """Replace a broken pool (a worker was killed) with a new one."""
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._start()
 
     def verify(self, jobs: Sequence[Job]) -> list[Outcome]:
-        """Verify ``jobs`` across the workers, results in order."""
+        """Verify ``jobs`` across the workers, results in order.
+
+        Raises:
+            Exception: whatever the pool raises (a worker died, a result did not pickle); the
+                caller verifies those messages itself, one at a time.
+        """
         if not jobs:
             return []
         size = max(1, -(-len(jobs) // self.workers))

@@ -10,6 +10,7 @@
      |    +-- ConnectionLostError            the connection dropped with publishes in flight
      +-- DecodeError                         a CAN database or log cannot be used
      +-- SinkError                           a downstream sink did not accept a delivery
+     |    +-- RecordRefusedError             a sink can never take this record (dead letter)
      +-- StoreError                          the local outbox cannot be used
      +-- (canvoy.wire.errors, the protocol's own errors)
           InvalidIdentityError (ValueError)  a device/identity name is not allowed
@@ -69,6 +70,17 @@ class DecodeError(CanvoyError):
 
 class SinkError(CanvoyError):
     """A downstream sink (file, webhook, MQTT, NATS) did not durably accept a delivery."""
+
+
+class RecordRefusedError(SinkError):
+    """A sink can never take this record (too large, refused with a 4xx, unencodable).
+
+    ``keys`` names the refused records when the sink knows them; empty means all it was given.
+    """
+
+    def __init__(self, message: str, keys: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.keys = keys
 
 
 class StoreError(CanvoyError):

@@ -7,7 +7,7 @@ bodies from devices it trusts only as far as their signatures go. See docs/PROTO
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, Literal
@@ -18,7 +18,16 @@ import zstandard
 from canvoy.wire.envelope import Encoding
 from canvoy.wire.errors import MalformedError
 
-MAX_BODY_BYTES = 4 * 1024 * 1024  # decompressed; a 128 KiB payload never needs more
+# Bounds a receiver checks before the work they limit (docs/PROTOCOL.md, "Bounds"). An agent's
+# bodies stay far inside them: its batches are <= 128 KiB before compression.
+MAX_BODY_BYTES = 1024 * 1024  # decompressed
+RATIO_FREE_BYTES = 128 * 1024  # decompressed sizes up to this are never a bomb
+MAX_RATIO = 256  # decompressed / compressed, above RATIO_FREE_BYTES
+MAX_DEPTH = 8  # nested maps and arrays in a body, the body's own map included
+MAX_SERIES = 4096  # series in one telemetry body
+MAX_SAMPLES = 65_536  # samples in one telemetry body, and so in any one series
+MAX_EVENTS = 1000  # events in one events body
+_CONTAINERS = frozenset({list, dict})
 _ZSTD_LEVEL = 3
 _compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
 Scalar = int | float | str | bool
@@ -39,6 +48,7 @@ def decode(encoding: str, body: bytes) -> dict[str, Any]:
     Raises:
         MalformedError: unknown encoding, a decompression bomb, bad msgpack, or not a map.
     """
+    compressed = max(1, len(body))
     if encoding == "zstd":
         try:
             body = zstandard.ZstdDecompressor().decompress(body, max_output_size=MAX_BODY_BYTES)
@@ -46,6 +56,10 @@ def decode(encoding: str, body: bytes) -> dict[str, Any]:
             raise MalformedError(f"body does not decompress: {exc}") from exc
         if len(body) > MAX_BODY_BYTES:
             raise MalformedError(f"body decompresses beyond {MAX_BODY_BYTES} bytes")
+        if len(body) > RATIO_FREE_BYTES and len(body) > MAX_RATIO * compressed:
+            raise MalformedError(
+                f"body inflates {len(body) // compressed}-fold, beyond {MAX_RATIO}:1"
+            )
     elif encoding != "none":
         raise MalformedError(f"body encoding {encoding!r} is unknown")
     try:
@@ -56,14 +70,35 @@ def decode(encoding: str, body: bytes) -> dict[str, Any]:
             max_ext_len=0,
             max_str_len=64 * 1024,
             max_bin_len=MAX_BODY_BYTES,
-            max_array_len=1_000_000,
+            max_array_len=MAX_SAMPLES,
             max_map_len=10_000,
         )
     except Exception as exc:  # msgpack raises ValueError, ExtraData, StackError, ...
         raise MalformedError(f"body is not valid msgpack: {exc}") from exc
     if not isinstance(content, dict):
         raise MalformedError(f"body must be a msgpack map, not {type(content).__name__}")
+    check_depth(content)
     return content
+
+
+def check_depth(content: object, limit: int = MAX_DEPTH) -> None:
+    """Refuse values nested deeper than ``limit``, without recursion (and so without a limit
+    of Python's own being reached later, by a JSON encoder or pickle).
+
+    Raises:
+        MalformedError: nested deeper than ``limit``.
+    """
+    stack: list[tuple[object, int]] = [(content, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            raise MalformedError(f"body nests deeper than {limit} levels")
+        children = value.values() if isinstance(value, dict) else value
+        assert isinstance(children, Iterable)
+        # Only look inside when a container holds containers: long sample arrays stay at C speed.
+        if _CONTAINERS.isdisjoint(map(type, children)):
+            continue
+        stack.extend((c, depth + 1) for c in children if type(c) in _CONTAINERS)
 
 
 def _get(content: Mapping[str, Any], name: str, want: type | tuple[type, ...]) -> Any:
@@ -126,7 +161,11 @@ def parse_telemetry(content: Mapping[str, Any]) -> Telemetry:
     policy = _get(content, "policy", str)
     t0 = _get(content, "t0", int)
     out = []
-    for column in _get(content, "series", list):
+    columns = _get(content, "series", list)
+    if len(columns) > MAX_SERIES:
+        raise MalformedError(f"{len(columns)} series in one body, more than {MAX_SERIES}")
+    total = 0
+    for column in columns:
         if not (isinstance(column, list) and len(column) == 3):
             raise MalformedError("a telemetry series must be [key, deltas, values]")
         key, deltas, values = column
@@ -134,6 +173,9 @@ def parse_telemetry(content: Mapping[str, Any]) -> Telemetry:
             raise MalformedError("a telemetry series must be [str, array, array]")
         if len(deltas) != len(values):
             raise MalformedError(f"series {key!r}: {len(deltas)} times but {len(values)} values")
+        total += len(values)
+        if total > MAX_SAMPLES:
+            raise MalformedError(f"more than {MAX_SAMPLES} samples in one body")
         # Type checks through map/set so that they run at C speed: batches hold many samples.
         if not set(map(type, deltas)) <= _INT:
             raise MalformedError(f"series {key!r}: a time delta is not an integer")
@@ -161,6 +203,8 @@ def parse_events(content: Mapping[str, Any]) -> list[dict[str, Any]]:
         MalformedError: the list or an event is malformed.
     """
     events = _get(content, "events", list)
+    if len(events) > MAX_EVENTS:
+        raise MalformedError(f"{len(events)} events in one body, more than {MAX_EVENTS}")
     for i, event in enumerate(events):
         if not isinstance(event, dict):
             raise MalformedError(f"event {i} is not a map")

@@ -24,6 +24,9 @@ from canvoy.wire.errors import IdentityMismatchError, UnknownDeviceError
 log = logging.getLogger(__name__)
 
 
+MAX_KEYS_PER_DEVICE = 4  # certificates of one device trusted at once (renewals overlap)
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceKey:
     """A verified device certificate's public key."""
@@ -32,6 +35,8 @@ class DeviceKey:
     key: ec.EllipticCurvePublicKey
     fingerprint: str
     not_after: dt.datetime
+    serial: int
+    not_before: dt.datetime
 
 
 def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
@@ -40,7 +45,14 @@ def _attr(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
 
 
 class DeviceKeys:
-    """Every device key this process trusts, by device id. Thread-safe."""
+    """Every device key this process trusts, by device id. Thread-safe.
+
+    The rule (docs/PROTOCOL.md, "Keys"): a device's key is trusted from a certificate whose CN is
+    the device and whose OU is ``device``, issued by the fleet CA, inside its validity and not
+    revoked, and only once a status envelope signed with that very key has verified (``check``
+    then ``trust``). Every such certificate stays trusted until it expires or is revoked, so during
+    a renewal the old and the new key both verify, and replaying an old birth changes nothing.
+    """
 
     def __init__(self, ca_pem: bytes, crl_pem: bytes | None = None) -> None:
         """Trust certificates issued by ``ca_pem`` and not revoked in ``crl_pem``.
@@ -52,16 +64,15 @@ class DeviceKeys:
             self._ca = x509.load_pem_x509_certificate(ca_pem)
         except ValueError as exc:
             raise PKIError(f"the fleet CA is not a PEM certificate: {exc}") from exc
-        self._revoked: set[int] = set()
+        self._lock = threading.Lock()
+        self._revoked: frozenset[int] = frozenset()
+        self._keys: dict[str, dict[str, DeviceKey]] = {}
+        self._revoked_devices: set[str] = set()
         if crl_pem is not None:
             self.load_crl(crl_pem)
-        self._keys: dict[str, DeviceKey] = {}
-        self._by_fingerprint: dict[str, DeviceKey] = {}
-        self._serials: dict[str, int] = {}
-        self._lock = threading.Lock()
 
-    def load_crl(self, crl_pem: bytes) -> None:
-        """Replace the revocation list (and forget keys it revokes on their next use).
+    def load_crl(self, crl_pem: bytes) -> list[str]:
+        """Replace the revocation list; drop the keys it revokes; return their devices.
 
         Raises:
             PKIError: the CRL is not PEM or not signed by the fleet CA.
@@ -74,28 +85,46 @@ class DeviceKeys:
         assert isinstance(ca_key, ec.EllipticCurvePublicKey)
         if not crl.is_signature_valid(ca_key):
             raise PKIError("the CRL is not signed by the fleet CA")
-        self._revoked = {r.serial_number for r in crl}
+        revoked = frozenset(r.serial_number for r in crl)
+        dropped = []
+        with self._lock:
+            self._revoked = revoked
+            for device, entries in self._keys.items():
+                gone = [f for f, e in entries.items() if e.serial in revoked]
+                for fingerprint in gone:
+                    del entries[fingerprint]
+                if gone:
+                    dropped.append(device)
+                    if not entries:
+                        self._revoked_devices.add(device)
+        for device in dropped:
+            log.warning("device %s: a trusted certificate is revoked; its key is dropped", device)
+        return dropped
 
-    def learn(self, device: str, cert_pem: bytes | str) -> DeviceKey:
-        """Check ``cert_pem`` for ``device`` and trust its key; a newer one replaces the old.
+    def check(self, device: str, cert_pem: bytes | str) -> DeviceKey:
+        """Check ``cert_pem`` for ``device`` without trusting it yet (nothing changes).
 
         Raises:
-            UnknownDeviceError: not issued by the fleet CA, expired, not yet valid, or revoked.
             IdentityMismatchError: the certificate's CN is not ``device``, or it is not a
                 device certificate.
+            UnknownDeviceError: not issued by the fleet CA, expired, not yet valid, or revoked.
         """
         data = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
         try:
             cert = x509.load_pem_x509_certificate(data)
         except ValueError as exc:
             raise UnknownDeviceError(f"{device}: the certificate is not PEM") from exc
-        fingerprint = cert.fingerprint(hashes.SHA256()).hex()
-        with self._lock:
-            known = self._by_fingerprint.get(fingerprint)
-        if known is not None and known.device == device and cert.serial_number not in self._revoked:
-            with self._lock:
-                self._keys[device] = known
-            return known
+        # Whose it is comes first: another identity's certificate says nothing about this one.
+        cn = _attr(cert.subject, NameOID.COMMON_NAME)
+        unit = _attr(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
+        if cn != device:
+            raise IdentityMismatchError(
+                f"certificate CN {cn!r} is not the topic's device {device!r}"
+            )
+        if unit != "device":
+            raise IdentityMismatchError(
+                f"{device}: certificate is a {unit!r} identity, not a device"
+            )
         try:
             cert.verify_directly_issued_by(self._ca)
         except (ValueError, TypeError, InvalidSignature) as exc:
@@ -111,51 +140,79 @@ class DeviceKeys:
             )
         if cert.serial_number in self._revoked:
             with self._lock:
-                self._keys.pop(device, None)
-                self._serials[device] = cert.serial_number  # later envelopes: "revoked"
+                if not self._keys.get(device):  # only names the reason its envelopes fail with
+                    self._revoked_devices.add(device)
             raise UnknownDeviceError(f"{device}: certificate is revoked", "revoked")
-        cn = _attr(cert.subject, NameOID.COMMON_NAME)
-        unit = _attr(cert.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
-        if cn != device:
-            raise IdentityMismatchError(
-                f"certificate CN {cn!r} is not the topic's device {device!r}"
-            )
-        if unit != "device":
-            raise IdentityMismatchError(
-                f"{device}: certificate is a {unit!r} identity, not a device"
-            )
         key = cert.public_key()
         if not isinstance(key, ec.EllipticCurvePublicKey):
             raise UnknownDeviceError(f"{device}: certificate key is not ECDSA", "unknown_device")
-        entry = DeviceKey(device, key, fingerprint, cert.not_valid_after_utc)
+        fingerprint = cert.fingerprint(hashes.SHA256()).hex()
+        return DeviceKey(
+            device,
+            key,
+            fingerprint,
+            cert.not_valid_after_utc,
+            cert.serial_number,
+            cert.not_valid_before_utc,
+        )
+
+    def trust(self, entry: DeviceKey) -> None:
+        """Trust a key ``check`` returned (after its signature verified); keep at most
+        MAX_KEYS_PER_DEVICE per device, dropping expired ones, then the oldest."""
+        now = dt.datetime.now(dt.UTC)
         with self._lock:
-            previous = self._keys.get(device)
-            self._keys[device] = entry
-            self._by_fingerprint[fingerprint] = entry
-        if previous is not None and previous.fingerprint != fingerprint:
-            log.info("device %s: key replaced by a renewed certificate", device)
-        self._serials[device] = cert.serial_number
+            if entry.serial in self._revoked:
+                return
+            entries = self._keys.setdefault(entry.device, {})
+            new = entry.fingerprint not in entries
+            entries[entry.fingerprint] = entry
+            for f in [f for f, e in entries.items() if e.not_after < now]:
+                del entries[f]
+            while len(entries) > MAX_KEYS_PER_DEVICE:
+                oldest = min(entries.values(), key=lambda e: e.not_before)
+                del entries[oldest.fingerprint]
+            self._revoked_devices.discard(entry.device)
+            count = len(entries)
+        if new and count > 1:
+            log.info("device %s: a renewed certificate is trusted (%d keys)", entry.device, count)
+
+    def learn(self, device: str, cert_pem: bytes | str) -> DeviceKey:
+        """``check`` and ``trust`` at once, for certificates from a trusted place (a directory
+        of known devices), not from a message.
+
+        Raises:
+            UnknownDeviceError: see ``check``.
+            IdentityMismatchError: see ``check``.
+        """
+        entry = self.check(device, cert_pem)
+        self.trust(entry)
         return entry
+
+    def all(self, device: str) -> tuple[DeviceKey, ...]:
+        """Every trusted, unexpired key of ``device``, newest certificate first."""
+        now = dt.datetime.now(dt.UTC)
+        with self._lock:
+            entries = list(self._keys.get(device, {}).values())
+        valid = [e for e in entries if e.not_after >= now]
+        return tuple(sorted(valid, key=lambda e: e.not_before, reverse=True))
 
     def get(self, device: str) -> DeviceKey | None:
-        """The trusted key of ``device``, or None when none is known (or it was revoked)."""
-        with self._lock:
-            entry = self._keys.get(device)
-        if entry is not None and self._serials.get(device) in self._revoked:
-            return None
-        return entry
+        """The newest trusted key of ``device``, or None when none is known (or revoked)."""
+        entries = self.all(device)
+        return entries[0] if entries else None
 
-    def require(self, device: str) -> DeviceKey:
-        """Like ``get`` but raises.
+    def require(self, device: str) -> tuple[DeviceKey, ...]:
+        """Like ``all`` but raises when there is none.
 
         Raises:
             UnknownDeviceError: no trusted key (reason ``unknown_device`` or ``revoked``).
         """
-        entry = self.get(device)
-        if entry is None:
-            reason = "revoked" if device in self._serials else "unknown_device"
+        entries = self.all(device)
+        if not entries:
+            with self._lock:
+                reason = "revoked" if device in self._revoked_devices else "unknown_device"
             raise UnknownDeviceError(f"{device}: no trusted certificate ({reason})", reason)
-        return entry
+        return entries
 
     def preload(self, folder: Path) -> int:
         """Learn every ``*.pem`` under ``folder`` (named by CN); return how many were trusted."""

@@ -21,7 +21,8 @@ class Sink(Protocol):
         """Hand over ``records``; idempotent by ``Record.key``.
 
         Raises:
-            SinkError: not accepted (the bridge retries with back-off and does not acknowledge).
+            RecordRefusedError: a record can never be taken (it becomes a dead letter at once).
+            SinkError: not accepted now (the sink's own queue retries it with back-off).
         """
 
     def close(self) -> None:

@@ -166,9 +166,9 @@ def test_worker_processes_verify_like_the_main_process(pki_dir: Path) -> None:
     try:
         ok, bad, junk = pool.verify(
             [
-                (topic, good, key),
-                (topic, forged.telemetry({"pt/A/b": [(1.0, 9.9)]}), key),
-                (topic, b"\x00", key),
+                (topic, good, (key,)),
+                (topic, forged.telemetry({"pt/A/b": [(1.0, 9.9)]}), (key,)),
+                (topic, b"\x00", (key,)),
             ]
         )
     finally:

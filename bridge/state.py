@@ -1,0 +1,210 @@
+"""The bridge's own SQLite file: what it admitted, what each sink still has to take, and what
+no sink could ever take. It survives restarts, so a restarted bridge forwards nothing twice.
+
+Tables:
+    seen      device, boot, seq of every admitted envelope (the replay window, pruned to it)
+    status    the newest status ``created_ms`` per device (an older birth changes nothing)
+    spool     records waiting for one sink, in order; a row goes when the sink took it
+    dead      records a sink refused for good, with the reason
+
+The main thread writes admitted envelopes, status times and spooled records in one transaction
+before it acknowledges the messages to the broker; each sink's thread reads and deletes its own
+rows through its own connection (SQLite connections are not shared between threads).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from canvoy.errors import StoreError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen (
+    device TEXT NOT NULL, boot BLOB NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (device, boot, seq)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS status (device TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS spool (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, key TEXT NOT NULL,
+    envelope TEXT NOT NULL, device TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL,
+    UNIQUE (sink, key));
+CREATE INDEX IF NOT EXISTS spool_envelope ON spool (envelope);
+CREATE TABLE IF NOT EXISTS dead (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, key TEXT NOT NULL,
+    envelope TEXT NOT NULL, device TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
+    at_ms INTEGER NOT NULL, text TEXT NOT NULL);
+"""
+PRUNE_EVERY = 200  # commits between prunings of the replay window
+
+
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """One record waiting for one sink."""
+
+    id: int
+    sink: str
+    key: str
+    envelope: str
+    device: str
+    kind: str
+    text: str
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=True)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")  # acknowledged to the broker = on disk
+        db.executescript(_SCHEMA)
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"bridge state {path} cannot be used: {exc}") from exc
+    return db
+
+
+class BridgeState:
+    """The main thread's handle on the state file."""
+
+    def __init__(self, path: Path, window: int) -> None:
+        """Open (or create) the state file.
+
+        Raises:
+            StoreError: the file cannot be opened or is not a state file.
+        """
+        self.path = path
+        self.window = window
+        self._db = _connect(path)
+        self._commits = 0
+
+    def seen(self) -> Iterator[tuple[str, bytes, int]]:
+        """Every remembered (device, boot, seq), oldest first per boot."""
+        yield from self._db.execute("SELECT device, boot, seq FROM seen ORDER BY device, boot, seq")
+
+    def statuses(self) -> dict[str, int]:
+        """The newest status time per device."""
+        return dict(self._db.execute("SELECT device, created_ms FROM status"))
+
+    def commit(
+        self,
+        *,
+        admitted: Sequence[tuple[str, bytes, int]] = (),
+        statuses: Sequence[tuple[str, int]] = (),
+        spooled: Sequence[tuple[str, str, str, str, str, str]] = (),
+        dead: Sequence[tuple[str, str, str, str, str, str, str]] = (),
+    ) -> None:
+        """Write admitted envelopes, status times, spooled records (sink, key, envelope, device,
+        kind, text) and dead letters (the same and a reason) in one durable transaction.
+
+        Raises:
+            StoreError: the disk refused it; nothing was written.
+        """
+        now = int(time.time() * 1000)
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?)", admitted)
+                self._db.executemany(
+                    "INSERT INTO status VALUES (?, ?) ON CONFLICT(device) DO UPDATE "
+                    "SET created_ms = max(created_ms, excluded.created_ms)",
+                    statuses,
+                )
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO spool (sink, key, envelope, device, kind, text) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    spooled,
+                )
+                self._db.executemany(
+                    "INSERT INTO dead (sink, key, envelope, device, kind, text, reason, at_ms) "
+                    f"VALUES (?, ?, ?, ?, ?, ?, ?, {now})",
+                    dead,
+                )
+        except sqlite3.Error as exc:
+            raise StoreError(f"bridge state {self.path}: {exc}") from exc
+        self._commits += 1
+        if self._commits % PRUNE_EVERY == 0:
+            self.prune()
+
+    def prune(self) -> None:
+        """Forget sequence numbers the replay window has left behind."""
+        self._db.execute(
+            "DELETE FROM seen WHERE seq < (SELECT max(s.seq) FROM seen s "
+            "WHERE s.device = seen.device AND s.boot = seen.boot) - ?",
+            (self.window,),
+        )
+
+    def depth(self) -> dict[str, int]:
+        """Records waiting, per sink."""
+        return dict(self._db.execute("SELECT sink, count(*) FROM spool GROUP BY sink"))
+
+    def dead_letters(self) -> dict[str, int]:
+        """Dead letters, per sink."""
+        return dict(self._db.execute("SELECT sink, count(*) FROM dead GROUP BY sink"))
+
+    def close(self) -> None:
+        """Close the main thread's connection."""
+        self._db.close()
+
+
+class SpoolReader:
+    """One sink thread's handle on the state file: its oldest records, and their settlement."""
+
+    def __init__(self, path: Path, sink: str) -> None:
+        """Open a connection for this thread.
+
+        Raises:
+            StoreError: the file cannot be opened.
+        """
+        self.sink = sink
+        self.path = path
+        self._db = _connect(path)
+
+    def take(self, limit: int) -> list[Spooled]:
+        """Up to ``limit`` of the oldest records waiting for this sink."""
+        rows = self._db.execute(
+            "SELECT id, sink, key, envelope, device, kind, text FROM spool WHERE sink = ? "
+            "ORDER BY id LIMIT ?",
+            (self.sink, limit),
+        ).fetchall()
+        return [Spooled(*row) for row in rows]
+
+    def done(self, rows: Sequence[Spooled], *, reason: str | None = None) -> list[str]:
+        """Settle ``rows``: taken by the sink, or (with ``reason``) refused for good and kept as
+        dead letters. Return the envelopes no sink holds any more.
+
+        Raises:
+            StoreError: the disk refused it.
+        """
+        ids = [(r.id,) for r in rows]
+        envelopes = sorted({r.envelope for r in rows})
+        now = int(time.time() * 1000)
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                if reason is not None:
+                    self._db.executemany(
+                        "INSERT INTO dead (sink, key, envelope, device, kind, text, reason, "
+                        "at_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (r.sink, r.key, r.envelope, r.device, r.kind, r.text, reason, now)
+                            for r in rows
+                        ],
+                    )
+                self._db.executemany("DELETE FROM spool WHERE id = ?", ids)
+                settled = [
+                    e
+                    for e in envelopes
+                    if self._db.execute(
+                        "SELECT 1 FROM spool WHERE envelope = ? LIMIT 1", (e,)
+                    ).fetchone()
+                    is None
+                ]
+        except sqlite3.Error as exc:
+            raise StoreError(f"bridge state {self.path}: {exc}") from exc
+        return settled
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        self._db.close()
