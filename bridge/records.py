@@ -37,6 +37,57 @@ class Record:
         return record
 
 
+def split(record: Record, limit: int) -> list[Record]:
+    """``record`` as records of at most ``limit`` bytes of JSON each (docs/PROTOCOL.md).
+
+    A telemetry record is cut by series, and a series that is too large alone by time; each
+    part keeps the head (device, boot, seq, envelope, digest, policy) and says which part of how
+    many it is, under the key ``<key>#<part>``. Another kind of record that is too large, or a
+    single sample that is, comes back unsplit: the sink refuses it.
+    """
+    if len(record.text) <= limit or record.kind != "telemetry":
+        return [record]
+    data = json.loads(record.text)
+    series: dict[str, dict[str, list[Any]]] = data.pop("series", {})
+    head_bytes = len(json.dumps(data, separators=(",", ":"))) + 64
+    budget = limit - head_bytes
+    pieces: list[tuple[str, dict[str, list[Any]]]] = []
+    for name, column in series.items():
+        pieces.extend(_cut(name, column, budget))
+    groups: list[dict[str, dict[str, list[Any]]]] = [{}]
+    used = 0
+    for name, column in pieces:
+        size = len(json.dumps({name: column}, separators=(",", ":")))
+        if groups[-1] and used + size > budget:
+            groups.append({})
+            used = 0
+        groups[-1].setdefault(name, {"t_ms": [], "v": []})
+        groups[-1][name]["t_ms"] += column["t_ms"]
+        groups[-1][name]["v"] += column["v"]
+        used += size
+    parts = []
+    for i, group in enumerate(groups, 1):
+        samples = sum(len(c["v"]) for c in group.values())
+        part = {**data, "key": f"{record.key}#{i}", "part": i, "parts": len(groups)}
+        part.update(samples=samples, series=group)
+        parts.append(Record(f"{record.key}#{i}", record.device, record.kind, part))
+    return parts
+
+
+def _cut(
+    name: str, column: dict[str, list[Any]], budget: int
+) -> list[tuple[str, dict[str, list[Any]]]]:
+    """One series in pieces whose JSON fits ``budget`` (halving by time)."""
+    size = len(json.dumps({name: column}, separators=(",", ":")))
+    count = len(column["v"])
+    if size <= budget or count <= 1:
+        return [(name, column)]
+    half = count // 2
+    first = {"t_ms": column["t_ms"][:half], "v": column["v"][:half]}
+    second = {"t_ms": column["t_ms"][half:], "v": column["v"][half:]}
+    return _cut(name, first, budget) + _cut(name, second, budget)
+
+
 def records(verified: Verified) -> list[Record]:
     """The records of one verified envelope."""
     e = verified.signed.envelope

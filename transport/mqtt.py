@@ -51,6 +51,12 @@ class Connack:
 
     session_present: bool
     receive_maximum: int
+    maximum_packet_size: int = 0  # 0: the broker stated none
+
+
+PACKET_OVERHEAD_BYTES = 64  # fixed header, packet id, property lengths: more than any of ours
+DEFAULT_MAX_PACKET_BYTES = 128 * 1024 + 4096
+PACKET_TOO_LARGE = 0x95  # the MQTT 5 reason code
 
 
 def _reason_value(code: ReasonCode | int) -> int:
@@ -126,6 +132,9 @@ class Connection:
         self._connack: Future[Connack] = Future()
         self.closed: Future[str] = Future()
         self._last_error = ""
+        # Until CONNACK says otherwise: what canvoy's broker accepts (AWS IoT Core's payload limit
+        # plus room for the topic and properties).
+        self.max_packet_bytes = DEFAULT_MAX_PACKET_BYTES
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -187,6 +196,17 @@ class Connection:
         ConnectionLostError when the connection drops first.
         """
         fut: Future[None] = Future()
+        size = len(payload) + len(topic.encode()) + PACKET_OVERHEAD_BYTES
+        if size > self.max_packet_bytes:
+            # Sent, the broker would close the connection: refuse here, the link stays up.
+            fut.set_exception(
+                PublishRefusedError(
+                    f"a {size}-byte packet to {topic!r} is larger than the broker's limit of "
+                    f"{self.max_packet_bytes} bytes",
+                    PACKET_TOO_LARGE,
+                )
+            )
+            return fut
         info = self._client.publish(topic, payload, qos=qos, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             fut.set_exception(
@@ -254,14 +274,30 @@ class Connection:
             )
             return
         receive_max = getattr(props, "ReceiveMaximum", 65535) if props is not None else 65535
+        packet_max = int(getattr(props, "MaximumPacketSize", 0) or 0) if props is not None else 0
+        if packet_max:
+            self.max_packet_bytes = packet_max
         self._connack.set_result(
-            Connack(session_present=bool(flags.session_present), receive_maximum=receive_max)
+            Connack(
+                session_present=bool(flags.session_present),
+                receive_maximum=receive_max,
+                maximum_packet_size=packet_max,
+            )
         )
 
     def _on_disconnect(
         self, _c: Any, _u: Any, _flags: Any, reason: ReasonCode, _props: Properties | None
     ) -> None:
-        text = _hint(str(reason), self._last_error)
+        if self._connack.done() and not self._connack.exception():
+            # Connected before: the certificate was fine; say what else closes a session.
+            text = (
+                f"{reason}: the broker closed the connection (its log says why: another "
+                "connection with this identity, a packet over its size limit, or a restart)"
+            )
+            if self._last_error:
+                text = f"{text}; {self._last_error}"
+        else:
+            text = _hint(str(reason), self._last_error)
         if not self._connack.done():
             self._connack.set_exception(
                 ConnectRefusedError(

@@ -13,7 +13,7 @@ from canvoy.certs import pki
 from canvoy.commands.agent import parse_broker
 from canvoy.config import build
 from canvoy.errors import ConfigError
-from canvoy.signals import stop_on_signals
+from canvoy.signals import reload_on_hangup, stop_on_signals
 from canvoy.wire.ids import check_id
 
 TEMPLATE = """\
@@ -155,6 +155,7 @@ def _init(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     bridge = Bridge(load_config(args.config))
     stop_on_signals(bridge.stop)
+    reload_on_hangup(bridge.reload)  # after a revocation, as for the broker
     return bridge.run()
 
 

@@ -1,0 +1,228 @@
+"""What an attacker with a real device key, or one very large honest batch, does to a running
+bridge: nothing reaches a sink that should not, the bridge stays up, other devices flow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zstandard
+
+from canvoy.certs import pki
+from canvoy.simulator.fleet import VirtualDevice
+from canvoy.transport.mqtt import Connection, Message
+from canvoy.wire.envelope import Envelope, sign
+from tests.agentkit import stop
+from tests.bridgekit import bridge_config, bridge_ready, read_jsonl, start_bridge
+from tests.conftest import RunningBroker
+from tests.waiting import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def _online(broker: RunningBroker, dev: VirtualDevice) -> Connection:
+    conn = broker.connect("device", dev.device)
+    conn.publish(dev.topic("status"), dev.birth(), retain=True).result(5)
+    return conn
+
+
+def _raw(dev: VirtualDevice, kind: str, raw_body: bytes, encoding: str = "none") -> bytes:
+    """An envelope of ``raw_body`` bytes, signed with the device's real key."""
+    dev.seq += 1
+    envelope = Envelope(
+        device=dev.device,
+        boot=dev.boot,
+        seq=dev.seq,
+        kind=kind,  # type: ignore[arg-type]
+        created_ms=int(time.time() * 1000),
+        encoding=encoding,  # type: ignore[arg-type]
+        body=raw_body,
+    )
+    return sign(envelope, dev.key)
+
+
+def _nested_events(depth: int) -> bytes:
+    """An events body whose unknown field ``x`` nests ``depth`` arrays deep (msgpack by hand)."""
+    plain = bytes(msgpack.packb({"events": [{"type": "dtc", "t_ms": 1, "x": 0}]}))
+    assert plain.endswith(b"\xa1x\x00")
+    return plain[:-1] + b"\x91" * depth + b"\x00"
+
+
+def _series(i: int, n: int = 1) -> dict[str, list[tuple[float, float]]]:
+    return {"pt/ENGINE/EngineSpeed": [(1_700_000_000 + i + k / 1000, 800.0 + k) for k in range(n)]}
+
+
+def _children(pid: int) -> set[int]:
+    """Every process whose parent is ``pid`` (from /proc)."""
+    out = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.add(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _fleet_config(tmp_path: Path, broker: RunningBroker, out: Path, extra: str = "") -> Path:
+    config = bridge_config(tmp_path / "bridge.yaml", broker, jsonl=out, extra=extra)
+    text = config.read_text().replace("sinks:\n", "sinks:\n  fleet: {type: mqtt}\n", 1)
+    text = text.replace("telemetry: [files]", "telemetry: [files, fleet]")
+    text = text.replace("events: [files]", "events: [files, fleet]")
+    config.write_text(text + "verify_workers: 2\n")
+    return config
+
+
+def _attack_car1(broker: RunningBroker, conn1: Connection, car1: VirtualDevice) -> None:
+    """Findings 2, 3 and 4 of the bridge issue, each signed with car-1's real key."""
+    tele1 = car1.topic("telemetry")
+    # 2. Deep nesting from a known device (verified in a worker).
+    conn1.publish(car1.topic("events"), _raw(car1, "events", _nested_events(600))).result(5)
+    # 3. A tiny payload that inflates: two series of 999,000 samples.
+    columns = {f"k{i}": ([0] * 999_000, [0] * 999_000) for i in range(2)}
+    content = {
+        "policy": "0" * 64,
+        "t0": 0,
+        "series": [[k, t, v] for k, (t, v) in columns.items()],
+    }
+    raw = msgpack.packb(content)
+    bomb = zstandard.ZstdCompressor(level=19).compress(raw)
+    assert len(bomb) < 4096
+    conn1.publish(tele1, _raw(car1, "telemetry", bomb, "zstd")).result(5)
+    # 4. Another device's revoked certificate, with a zero signature, on car-1's topic.
+    pki.issue(broker.certs, "device", "car-9")
+    pki.revoke(broker.certs, "car-9")
+    car9 = VirtualDevice.from_pki(broker.certs, "car-9")
+    forged = VirtualDevice("car-1", car1.key, car9.cert_pem)
+    payload = msgpack.unpackb(forged.birth())
+    conn1.publish(car1.topic("status"), msgpack.packb([payload[0], b"\x00" * 64])).result(5)
+
+
+def test_hostile_authentic_messages_reach_no_sink_and_the_fleet_flows(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    config = _fleet_config(tmp_path, broker, out)
+    fleet: list[Message] = []
+    ops = broker.connect("operator", "ops", received=fleet)
+    ops.subscribe([("fleet/v1/#", 1)])
+    bridge = start_bridge(config, tmp_path / "bridge.log")
+    car1 = VirtualDevice.from_pki(broker.certs, "car-1")
+    car2 = VirtualDevice.from_pki(broker.certs, "car-2")
+    try:
+        wait_for(lambda: bridge_ready(config), what="bridge connected")
+        conn1 = _online(broker, car1)
+        # 2b. Nested 1,000 deep from a device whose birth arrives after it (main process).
+        conn2 = broker.connect("device", "car-2")
+        unborn = VirtualDevice.from_pki(broker.certs, "car-2")
+        unborn.boot = os.urandom(16)
+        conn2.publish(car2.topic("events"), _raw(unborn, "events", _nested_events(1000))).result(5)
+        conn2.publish(car2.topic("status"), car2.birth(), retain=True).result(5)
+        tele1, tele2 = car1.topic("telemetry"), car2.topic("telemetry")
+        conn2.publish(tele2, car2.telemetry(_series(0))).result(5)
+        # 1. One large, valid batch: its JSON record is far over the fleet topic's limit.
+        big = {f"pt/ENGINE/S{i}": _series(i, 3000)["pt/ENGINE/EngineSpeed"] for i in range(20)}
+        conn1.publish(tele1, car1.telemetry(big)).result(5)
+        _attack_car1(broker, conn1, car1)
+        # Authentic traffic after all of it, from both devices.
+        conn1.publish(tele1, car1.telemetry(_series(1))).result(5)
+        conn2.publish(tele2, car2.telemetry(_series(2))).result(5)
+        wait_for(lambda: len(read_jsonl(out)) >= 4, timeout_s=30, what="good traffic")
+        got = sorted((r["device"], r["seq"]) for r in read_jsonl(out))
+        assert got == [("car-1", 1), ("car-1", 4), ("car-2", 1), ("car-2", 2)]
+        reasons = sorted(e["reason"] for e in read_jsonl(tmp_path / "quarantine-b1.jsonl"))
+        assert reasons.count("malformed") == 3, reasons  # both nestings and the inflation
+        assert "identity_mismatch" in reasons  # car-9's certificate on car-1's topic
+        # The fleet feed got the large batch in parts, each within the broker's limit.
+        wait_for(lambda: any(m.topic.endswith("car-2/telemetry") for m in fleet), what="feed")
+        wait_for(
+            lambda: len([m for m in fleet if m.topic == "fleet/v1/car-1/telemetry"]) > 2,
+            what="the large batch on the fleet feed",
+        )
+        parts = [json.loads(m.payload) for m in fleet if m.topic == "fleet/v1/car-1/telemetry"]
+        assert all(len(m.payload) <= 128 * 1024 for m in fleet)
+        big_parts = [p for p in parts if p["seq"] == 1]
+        assert {p["parts"] for p in big_parts} == {len(big_parts)} and len(big_parts) > 1
+        assert sum(p["samples"] for p in big_parts) == 60_000
+        assert bridge.poll() is None
+        assert "oversize packet" not in broker.log()
+        assert "Traceback" not in (tmp_path / "bridge.log").read_text()
+        # Restart: the large batch is not written a second time.
+        assert stop(bridge) == 0
+        bridge = start_bridge(config, tmp_path / "bridge.log")
+        wait_for(lambda: bridge_ready(config), what="bridge connected again")
+        conn1.publish(tele1, car1.telemetry(_series(5))).result(5)
+        wait_for(lambda: len(read_jsonl(out)) >= 5, what="after the restart")
+        keys = [r["key"] for r in read_jsonl(out)]
+        assert len(keys) == len(set(keys)) == 5
+    finally:
+        stop(bridge)
+        ops.close()
+
+
+def test_renewal_revocation_and_rollback(broker: RunningBroker, tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    config = bridge_config(tmp_path / "bridge.yaml", broker, jsonl=out)
+    bridge = start_bridge(config, tmp_path / "bridge.log")
+    car1 = VirtualDevice.from_pki(broker.certs, "car-1")
+    car2 = VirtualDevice.from_pki(broker.certs, "car-2")
+    try:
+        wait_for(lambda: bridge_ready(config), what="bridge connected")
+        conn1, conn2 = _online(broker, car1), _online(broker, car2)
+        old_birth = car1.birth()
+        conn1.publish(car1.topic("telemetry"), car1.telemetry(_series(1))).result(5)
+        wait_for(lambda: len(read_jsonl(out)) == 1, what="first batch")
+        # 5. Renewal with a new key; then the old birth, replayed byte for byte.
+        time.sleep(0.01)  # a later created_ms than the old birth
+        pki.issue(broker.certs, "device", "car-1", force=True)
+        renewed = VirtualDevice.from_pki(broker.certs, "car-1")
+        renewed.boot, renewed.seq = car1.boot, car1.seq
+        conn1.publish(car1.topic("status"), renewed.birth(), retain=True).result(5)
+        conn1.publish(car1.topic("status"), old_birth, retain=True).result(5)
+        conn1.publish(car1.topic("telemetry"), renewed.telemetry(_series(2))).result(5)
+        car1.seq = renewed.seq  # the old key still verifies until it is revoked or expires
+        conn1.publish(car1.topic("telemetry"), car1.telemetry(_series(3))).result(5)
+        wait_for(lambda: len(read_jsonl(out)) == 3, what="both keys during the renewal")
+        # 6. Revoke car-2 while the bridge runs; SIGHUP reloads the CRL.
+        pki.revoke(broker.certs, "car-2")
+        bridge.send_signal(signal.SIGHUP)
+        wait_for(lambda: "CRL" in (tmp_path / "bridge.log").read_text(), what="CRL reloaded")
+        conn2.publish(car2.topic("telemetry"), car2.telemetry(_series(4))).result(5)
+        renewed.seq = car1.seq
+        conn1.publish(car1.topic("telemetry"), renewed.telemetry(_series(5))).result(5)
+        wait_for(lambda: len(read_jsonl(out)) == 4, what="car-1 after the revocation")
+        quarantine = (tmp_path / "quarantine-b1.jsonl").read_text()
+        wait_for(lambda: '"revoked"' in (tmp_path / "quarantine-b1.jsonl").read_text(), what="q")
+        assert {r["device"] for r in read_jsonl(out)} == {"car-1"}
+        assert bridge.poll() is None, quarantine
+    finally:
+        stop(bridge)
+
+
+def test_a_sigkilled_bridge_leaves_no_process(broker: RunningBroker, tmp_path: Path) -> None:
+    config = bridge_config(
+        tmp_path / "bridge.yaml", broker, jsonl=tmp_path / "o.jsonl", extra="verify_workers: 2\n"
+    )
+    bridge = start_bridge(config, tmp_path / "bridge.log")
+    wait_for(lambda: bridge_ready(config), what="bridge connected")
+    wait_for(lambda: len(_children(bridge.pid)) >= 2, what="verify workers started")
+    family = _children(bridge.pid)
+    family |= {g for c in family for g in _children(c)}
+    bridge.send_signal(signal.SIGKILL)
+    bridge.wait(10)
+    wait_for(lambda: not any(_alive(p) for p in family), timeout_s=15, what="workers gone")
