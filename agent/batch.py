@@ -39,7 +39,8 @@ class BatchConfig:
             raise ConfigError(f"max_interval_s {self.max_interval_s} must be 0.01..3600")
         if not 1 <= self.max_samples <= body.MAX_SAMPLES:
             raise ConfigError(
-                f"max_samples {self.max_samples} must be 1..{body.MAX_SAMPLES} (the protocol's bound)"
+                f"max_samples {self.max_samples} must be 1..{body.MAX_SAMPLES} "
+                "(the protocol's bound)"
             )
         if not 1024 <= self.max_bytes <= MAX_BATCH_BYTES:
             raise ConfigError(

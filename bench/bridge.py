@@ -4,17 +4,24 @@ Run: python bench/bridge.py [--devices N] [--envelopes N]. A simulated fleet pub
 telemetry batches (one second of 20 signals each) while the bridge is stopped, so they wait in
 its persistent session; then the bridge starts and the time from its first to its last
 forwarded envelope (jsonl sink, fsync per batch) is measured.
+
+The last line is a worst-case authentic stream: every envelope holds as many samples as the
+protocol's bounds allow (``body.MAX_SAMPLES``, in a payload under 128 KiB), so each becomes the
+largest JSON record a valid message can; it prints envelopes/s and the bridge's peak RSS (main
+process and verify workers together).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -99,6 +106,7 @@ def main() -> None:
         default=[1, 5, 20],
         help="signals per simulated vehicle (10 ms to 1 s cycles); one run per value",
     )
+    parser.add_argument("--worst", type=int, default=500, help="envelopes in the worst-case stream")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="canvoy-bench-bridge-") as tmp:
         root = Path(tmp)
@@ -124,8 +132,54 @@ def main() -> None:
                         signals=signals,
                         workers=args.workers,
                     )
+                _run(
+                    root / "worst",
+                    certs,
+                    port,
+                    names=names,
+                    total=args.worst,
+                    signals=0,
+                    workers=args.workers,
+                    make=_worst,
+                )
             finally:
                 broker.stop()
+
+
+def _worst(dev: VirtualDevice, i: int) -> bytes:
+    """As many samples as the bounds allow: 64 series of 1,024 values, 100 Hz, 4 bits of noise."""
+    rng = random.Random(i)
+    per = body.MAX_SAMPLES // 64
+    columns: dict[str, tuple[list[int], list[body.Scalar]]] = {}
+    for s in range(64):
+        t = 1_700_000_000_000 + i * 10_000
+        times = [t + k * 10 for k in range(per)]
+        columns[f"pt/WORST/S{s}"] = (times, [rng.randint(0, 15) for _ in range(per)])
+    payload = dev.seal("telemetry", body.telemetry_content(dev.policy, columns))
+    assert len(payload) <= 128 * 1024, len(payload)
+    return payload
+
+
+def _peak_rss_mb(pid: int) -> tuple[float, float]:
+    """VmHWM of ``pid`` and of its children (the verify workers) together, in MB."""
+    main = workers = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(entry.name) != pid and int(stat[1]) != pid:
+                continue
+            for line in (entry / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    kib = int(line.split()[1])
+                    if int(entry.name) == pid:
+                        main += kib
+                    else:
+                        workers += kib
+        except OSError:
+            continue
+    return main / 1024, workers / 1024
 
 
 def _run(
@@ -137,6 +191,7 @@ def _run(
     total: int,
     signals: int,
     workers: int | None,
+    make: Callable[[VirtualDevice, int], bytes] | None = None,
 ) -> None:
     root.mkdir()
     config = _bridge_yaml(root, certs, port, workers)
@@ -154,7 +209,8 @@ def _run(
     for name in names:
         dev = VirtualDevice.from_pki(certs, name)
         batch = [
-            dev.telemetry(drive_series(1_700_000_000 + i, 1.0, signals)) for i in range(per_device)
+            make(dev, i) if make else dev.telemetry(drive_series(1_700_000_000 + i, 1.0, signals))
+            for i in range(per_device)
         ]
         payloads.append((dev, batch))
     e = unpack(payloads[0][1][0]).envelope
@@ -188,11 +244,20 @@ def _run(
             time.sleep(0.05)
             seen = _lines(out)
         seconds = time.perf_counter() - t0
+        rss = _peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
     counts = _status(root)
     rate = (expected - 1) / seconds
+    if make is not None:
+        print(
+            f"worst case ({samples_per:,} samples per envelope, the protocol's bound): "
+            f"{rate:,.0f} verified envelopes/s, {rate * samples_per:,.0f} samples/s, "
+            f"bridge peak RSS {sum(rss):,.0f} MB (main {rss[0]:,.0f}, workers {rss[1]:,.0f}; "
+            f"{expected:,} envelopes in {seconds:.1f} s)"
+        )
+        return
     print(
         f"{signals} signals/vehicle, one bridge process: {rate:,.0f} verified envelopes/s, "
         f"{rate * samples_per:,.0f} signal samples/s "

@@ -40,6 +40,7 @@ class BridgeConfig:
     hold_unknown_s: float = 10.0
     replay_window: int = 100_000
     batch_max: int = 500
+    batch_max_bytes: int = 1024 * 1024  # payload bytes per batch: bounds the records held at once
     verify_workers: int | None = None  # verifying processes; None: one per core (<= 4)
     quarantine: Path = Path("quarantine.jsonl")
     status_file: Path | None = None
@@ -62,6 +63,8 @@ class BridgeConfig:
                 raise ConfigError(f"sinks.{name}: give a 'type' (jsonl, webhook, mqtt, nats)")
         if not 1 <= self.receive_maximum <= 65535:
             raise ConfigError("receive_maximum must be 1..65535")
+        if self.batch_max < 1 or self.batch_max_bytes < 131072:
+            raise ConfigError("batch_max must be >= 1 and batch_max_bytes >= 131072")
         if self.replay_window < 1000:
             raise ConfigError("replay_window must be >= 1000 sequence numbers")
 

@@ -23,7 +23,8 @@ from canvoy.errors import RecordRefusedError, SinkError, StoreError
 from canvoy.transport.backoff import StoppedError, retry_until_stopped
 
 log = logging.getLogger(__name__)
-BATCH = 200  # records handed to a sink at once
+BATCH = 200  # records handed to a sink at once, and no more JSON than:
+BATCH_BYTES = 4 * 1024 * 1024
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
 IDLE_WAIT_S = 1.0
@@ -70,7 +71,7 @@ class SinkQueue:
             return
         try:
             while not self._stop.is_set():
-                rows = reader.take(BATCH)
+                rows = reader.take(BATCH, BATCH_BYTES)
                 if not rows:
                     self._wake.wait(IDLE_WAIT_S)
                     self._wake.clear()

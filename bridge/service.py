@@ -247,11 +247,15 @@ class Bridge:
         except queue.Empty:
             return []
         batch = [first]
-        while len(batch) < self.config.batch_max:
+        size = len(first[1].payload)
+        # Both bounds: a batch's records are what the main thread holds at once (PROTOCOL.md).
+        while len(batch) < self.config.batch_max and size < self.config.batch_max_bytes:
             try:
-                batch.append(self._queue.get_nowait())
+                item = self._queue.get_nowait()
             except queue.Empty:
                 break
+            batch.append(item)
+            size += len(item[1].payload)
         return batch
 
     # -- state, acknowledgements, receipts -----------------------------------------------------

@@ -161,14 +161,23 @@ class SpoolReader:
         self.path = path
         self._db = _connect(path)
 
-    def take(self, limit: int) -> list[Spooled]:
-        """Up to ``limit`` of the oldest records waiting for this sink."""
-        rows = self._db.execute(
+    def take(self, limit: int, max_bytes: int) -> list[Spooled]:
+        """The oldest records waiting for this sink: up to ``limit`` of them and, beyond the
+        first, no more than ``max_bytes`` of JSON together."""
+        cursor = self._db.execute(
             "SELECT id, sink, key, envelope, device, kind, text FROM spool WHERE sink = ? "
             "ORDER BY id LIMIT ?",
             (self.sink, limit),
-        ).fetchall()
-        return [Spooled(*row) for row in rows]
+        )
+        rows: list[Spooled] = []
+        size = 0
+        for row in cursor:
+            size += len(row[6])
+            if rows and size > max_bytes:
+                break
+            rows.append(Spooled(*row))
+        cursor.close()
+        return rows
 
     def done(self, rows: Sequence[Spooled], *, reason: str | None = None) -> list[str]:
         """Settle ``rows``: taken by the sink, or (with ``reason``) refused for good and kept as

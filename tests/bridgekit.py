@@ -41,6 +41,7 @@ class WebhookReceiver:
     port: int = field(default_factory=free_port)
     requests: list[Received] = field(default_factory=list)
     status: int = 200
+    refuse: bytes | None = None  # answer 400 to any body holding these bytes
 
     def __post_init__(self) -> None:
         self._server: ThreadingHTTPServer | None = None
@@ -58,7 +59,8 @@ class WebhookReceiver:
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.requests.append(Received(dict(self.headers.items()), data))
-                self.send_response(receiver.status)
+                refused = receiver.refuse is not None and receiver.refuse in data
+                self.send_response(400 if refused else receiver.status)
                 self.end_headers()
                 self.wfile.write(b"{}")
 
