@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS spool (
     envelope TEXT NOT NULL, device TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL,
     UNIQUE (sink, key));
 CREATE INDEX IF NOT EXISTS spool_envelope ON spool (envelope);
+CREATE INDEX IF NOT EXISTS spool_order ON spool (sink, id);
 CREATE TABLE IF NOT EXISTS dead (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, key TEXT NOT NULL,
     envelope TEXT NOT NULL, device TEXT NOT NULL, kind TEXT NOT NULL, reason TEXT NOT NULL,
