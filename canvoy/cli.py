@@ -12,6 +12,7 @@ from canvoy.commands import COMMANDS
 from canvoy.errors import CanvoyError
 
 EXIT_ERROR = 2
+EXIT_FAILURE = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,4 +46,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback at -vv
+        logging.getLogger("canvoy").debug("unexpected error", exc_info=True)
+        print(
+            f"canvoy {args.command}: unexpected error: {type(exc).__name__}: {exc} "
+            "(run with -vv for the traceback, and please report it)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
     return code
