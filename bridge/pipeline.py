@@ -40,6 +40,7 @@ class Batch:
 
     admitted: list[tuple[str, bytes, int]] = field(default_factory=list)
     statuses: list[tuple[str, int]] = field(default_factory=list)
+    certs: list[tuple[str, str]] = field(default_factory=list)
     spooled: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
     dead: list[tuple[str, str, str, str, str, str, str]] = field(default_factory=list)
     acks: list[Received] = field(default_factory=list)
@@ -169,9 +170,10 @@ class Pipeline:
         except EnvelopeError as exc:
             self._reject(received, out, exc.reason, str(exc))
             return None
-        if verified.signed.envelope.kind == "status":
+        if isinstance(verified.parsed, body.Status):
             e = verified.signed.envelope
             out.statuses.append((e.device, e.created_ms))
+            out.certs.append((e.device, verified.parsed.cert_pem))
         return received, verified, None
 
     # -- admission and routing ---------------------------------------------------------------

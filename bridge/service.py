@@ -86,6 +86,12 @@ class Bridge:
         for device, boot, seq in self.state.seen():
             with contextlib.suppress(EnvelopeError):
                 window.admit(device, boot, seq)
+        for device, pem in self.state.certs():
+            try:
+                self.keys.learn(device, pem)
+            except EnvelopeError as exc:
+                log.info("a stored certificate of %s is no longer trusted: %s", device, exc)
+                self.state.forget_cert(device, pem)
         self.verifier = Verifier(self.keys, window)
         self.verifier.restore_statuses(self.state.statuses())
         self.quarantine = Quarantine(config.quarantine)
@@ -262,7 +268,7 @@ class Bridge:
 
     def _commit(self, batch: Batch) -> None:
         """Write the batch's state durably, then acknowledge its messages and wake the sinks."""
-        if not (batch.acks or batch.statuses):
+        if not (batch.acks or batch.statuses or batch.certs):
             return
 
         def note(error: BaseException | None, wait_s: float) -> None:
@@ -274,6 +280,7 @@ class Bridge:
         write = lambda: self.state.commit(  # noqa: E731
             admitted=batch.admitted,
             statuses=batch.statuses,
+            certs=batch.certs,
             spooled=batch.spooled,
             dead=batch.dead,
         )

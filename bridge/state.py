@@ -4,6 +4,8 @@ no sink could ever take. It survives restarts, so a restarted bridge forwards no
 Tables:
     seen      device, boot, seq of every admitted envelope (the replay window, pruned to it)
     status    the newest status ``created_ms`` per device (an older birth changes nothing)
+    certs     the device certificates learned from births, so a restarted bridge knows the keys
+              before the retained births come back (they arrive after the session's backlog)
     spool     records waiting for one sink, in order; a row goes when the sink took it
     dead      records a sink refused for good, with the reason
 
@@ -27,6 +29,8 @@ CREATE TABLE IF NOT EXISTS seen (
     device TEXT NOT NULL, boot BLOB NOT NULL, seq INTEGER NOT NULL,
     PRIMARY KEY (device, boot, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS status (device TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS certs (
+    device TEXT NOT NULL, pem TEXT NOT NULL, PRIMARY KEY (device, pem));
 CREATE TABLE IF NOT EXISTS spool (
     id INTEGER PRIMARY KEY AUTOINCREMENT, sink TEXT NOT NULL, key TEXT NOT NULL,
     envelope TEXT NOT NULL, device TEXT NOT NULL, kind TEXT NOT NULL, text TEXT NOT NULL,
@@ -88,11 +92,20 @@ class BridgeState:
         """The newest status time per device."""
         return dict(self._db.execute("SELECT device, created_ms FROM status"))
 
+    def certs(self) -> list[tuple[str, str]]:
+        """Every (device, certificate PEM) learned so far."""
+        return list(self._db.execute("SELECT device, pem FROM certs"))
+
+    def forget_cert(self, device: str, pem: str) -> None:
+        """Drop a certificate that is no longer trusted (expired, revoked)."""
+        self._db.execute("DELETE FROM certs WHERE device = ? AND pem = ?", (device, pem))
+
     def commit(
         self,
         *,
         admitted: Sequence[tuple[str, bytes, int]] = (),
         statuses: Sequence[tuple[str, int]] = (),
+        certs: Sequence[tuple[str, str]] = (),
         spooled: Sequence[tuple[str, str, str, str, str, str]] = (),
         dead: Sequence[tuple[str, str, str, str, str, str, str]] = (),
     ) -> None:
@@ -112,6 +125,7 @@ class BridgeState:
                     "SET created_ms = max(created_ms, excluded.created_ms)",
                     statuses,
                 )
+                self._db.executemany("INSERT OR IGNORE INTO certs VALUES (?, ?)", certs)
                 self._db.executemany(
                     "INSERT OR IGNORE INTO spool (sink, key, envelope, device, kind, text) "
                     "VALUES (?, ?, ?, ?, ?, ?)",

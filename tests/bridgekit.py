@@ -198,7 +198,9 @@ def bridge_ready(config: Path, name: str = "b1") -> bool:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every record in a jsonl sink file (missing file: none)."""
+    """Every complete record in a jsonl sink file (missing file: none; a line still being
+    written, without its newline, is not read yet)."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    text = path.read_text()
+    return [json.loads(line) for line in text[: text.rfind("\n") + 1].splitlines() if line]

@@ -1,7 +1,13 @@
-"""``type: jsonl``: verified, decoded records appended to a file, fsynced per batch, rotated."""
+"""``type: jsonl``: verified, decoded records appended to a file, fsynced per batch, rotated.
+
+A bridge that dies between writing a batch and recording that in its spool hands the same
+records over again after the restart; the sink remembers the keys at the end of its files when
+it opens them and skips those, so the file holds each record once.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -12,6 +18,9 @@ from canvoy.bridge.records import Record
 from canvoy.bridge.sinks.base import SinkContext, register
 from canvoy.config import build
 from canvoy.errors import ConfigError, SinkError
+
+# More than one delivery of the bridge's sink queue (delivery.BATCH_BYTES) and a record.
+TAIL_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,6 +43,27 @@ class JsonlSink:
         self.name = name
         self.config = config
         self._file: IO[bytes] | None = None
+        self._recent = self._tail_keys()
+
+    def _tail_keys(self) -> set[str]:
+        """Keys of the records in the last TAIL_BYTES of the file (and the last rotated one)."""
+        keys: set[str] = set()
+        for path in (Path(f"{self.config.path}.1"), self.config.path):
+            try:
+                with path.open("rb") as f:
+                    size = f.seek(0, os.SEEK_END)
+                    f.seek(max(0, size - TAIL_BYTES))
+                    lines = f.read().splitlines()
+            except OSError:
+                continue
+            for line in lines[1:] if size > TAIL_BYTES else lines:  # the first may be cut
+                try:
+                    key = json.loads(line).get("key")
+                except (ValueError, AttributeError):
+                    continue
+                if isinstance(key, str):
+                    keys.add(key)
+        return keys
 
     def _open(self) -> IO[bytes]:
         if self._file is None:
@@ -58,7 +88,12 @@ class JsonlSink:
         Raises:
             SinkError: the file cannot be written (disk full, permissions).
         """
-        data = b"".join(r.json().encode() + b"\n" for r in records)
+        fresh = [r for r in records if r.key not in self._recent]
+        if len(fresh) == len(records):
+            self._recent.clear()  # past the records handed over again after a restart
+        data = b"".join(r.json().encode() + b"\n" for r in fresh)
+        if not data:
+            return
         try:
             out = self._open()
             if out.tell() and out.tell() + len(data) > self.config.max_bytes:

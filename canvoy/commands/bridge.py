@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -153,9 +154,14 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    bridge = Bridge(load_config(args.config))
+    config = load_config(args.config)
+    stopping = threading.Event()  # a SIGTERM while it starts up (spawning workers) is honoured
+    stop_on_signals(stopping.set)
+    bridge = Bridge(config)
     stop_on_signals(bridge.stop)
     reload_on_hangup(bridge.reload)  # after a revocation, as for the broker
+    if stopping.is_set():
+        bridge.stop()
     return bridge.run()
 
 

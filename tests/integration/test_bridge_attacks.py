@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import time
 from pathlib import Path
@@ -226,3 +227,42 @@ def test_a_sigkilled_bridge_leaves_no_process(broker: RunningBroker, tmp_path: P
     bridge.send_signal(signal.SIGKILL)
     bridge.wait(10)
     wait_for(lambda: not any(_alive(p) for p in family), timeout_s=15, what="workers gone")
+
+
+def test_sigkills_during_a_backlog_forward_each_record_once(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    seed = int(os.environ.get("CANVOY_TEST_SEED", time.time_ns() % 10_000))
+    print(f"CANVOY_TEST_SEED={seed}")
+    rng = random.Random(seed)
+    out = tmp_path / "out.jsonl"
+    config = bridge_config(tmp_path / "bridge.yaml", broker, jsonl=out)
+    bridge = start_bridge(config, tmp_path / "bridge.log")
+    wait_for(lambda: bridge_ready(config), what="bridge connected")
+    assert stop(bridge) == 0  # its session stays on the broker and collects the backlog
+    car = VirtualDevice.from_pki(broker.certs, "car-1")
+    conn = _online(broker, car)
+    total = 1500
+    futures = [
+        conn.publish(car.topic("telemetry"), car.telemetry(_series(i))) for i in range(total)
+    ]
+    for fut in futures:
+        fut.result(30)
+    for _ in range(5):
+        bridge = start_bridge(config, tmp_path / "bridge.log")
+        time.sleep(rng.uniform(0.3, 2.0))
+        stop(bridge, signal.SIGKILL)
+    (tmp_path / "status-b1.json").unlink()
+    bridge = start_bridge(config, tmp_path / "bridge.log")
+    try:
+        wait_for(lambda: bridge_ready(config), what="the last bridge connected")
+        wait_for(
+            lambda: len({r["seq"] for r in read_jsonl(out)}) == total,
+            timeout_s=90,
+            what="the whole backlog",
+        )
+        keys = [r["key"] for r in read_jsonl(out)]
+        assert len(keys) == len(set(keys)) == total, f"seed {seed}: a record was written twice"
+    finally:
+        code = stop(bridge)
+    assert code == 0
