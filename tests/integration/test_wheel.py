@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -19,11 +20,29 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(REPO)],
-        check=True,
-        capture_output=True,
+    # Built from a copy, so that no build/ folder of an earlier build leaks into the wheel.
+    source = tmp_path_factory.mktemp("source") / "canvoy"
+    shutil.copytree(
+        REPO,
+        source,
+        symlinks=True,
+        ignore=shutil.ignore_patterns(
+            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "demo-run"
+        ),
     )
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(out), str(source)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    warnings = [
+        line
+        for line in done.stdout.splitlines() + done.stderr.splitlines()
+        if "warning" in line.lower() and "Location" not in line
+    ]
+    assert not warnings, warnings
     (built,) = out.glob("canvoy-*.whl")
     return built
 
