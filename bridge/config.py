@@ -24,6 +24,14 @@ class BrokerAddress:
     port: int = 8883
     keepalive_s: int = 30
 
+    def __post_init__(self) -> None:
+        if not self.host.strip():
+            raise ConfigError("broker.host: give the broker's host name or address")
+        if not 1 <= self.port <= 65535:
+            raise ConfigError(f"broker.port: {self.port} is not a TCP port (1..65535)")
+        if not 5 <= self.keepalive_s <= 65535:
+            raise ConfigError(f"broker.keepalive_s: {self.keepalive_s} must be 5..65535 seconds")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BridgeConfig:
@@ -63,6 +71,10 @@ class BridgeConfig:
                 raise ConfigError(f"sinks.{name}: give a 'type' (jsonl, webhook, mqtt, nats)")
         if not 1 <= self.receive_maximum <= 65535:
             raise ConfigError("receive_maximum must be 1..65535")
+        if self.verify_workers is not None and self.verify_workers < 0:
+            raise ConfigError("verify_workers: must be >= 0 (0 verifies in the main process)")
+        if self.hold_unknown_s < 0 or self.session_expiry_s < 0:
+            raise ConfigError("hold_unknown_s and session_expiry_s: must be >= 0")
         if self.batch_max < 1 or self.batch_max_bytes < 131072:
             raise ConfigError("batch_max must be >= 1 and batch_max_bytes >= 131072")
         if self.replay_window < 1000:
@@ -88,11 +100,16 @@ def load_config(path: Path) -> BridgeConfig:
         }
         for name, options in config.sinks.items()
     }
+    known = base / config.known_devices if config.known_devices else None
+    if known is not None and not known.is_dir():
+        raise ConfigError(f"known_devices: {known} is not a directory of device certificates")
+    if (base / config.quarantine).is_dir():
+        raise ConfigError(f"quarantine: {base / config.quarantine} is a directory; name a file")
     return dataclasses.replace(
         config,
         tls=config.tls.resolve(base),
         crl=base / config.crl if config.crl else None,
-        known_devices=base / config.known_devices if config.known_devices else None,
+        known_devices=known,
         quarantine=base / config.quarantine,
         status_file=base / config.status_file if config.status_file else None,
         sinks=sinks,

@@ -71,7 +71,11 @@ class SinkQueue:
             return
         try:
             while not self._stop.is_set():
-                rows = reader.take(BATCH, BATCH_BYTES)
+                try:
+                    rows = reader.take(BATCH, BATCH_BYTES)
+                except StoreError as exc:  # the disk is sick: wait, the rows stay spooled
+                    self._store_failed(exc, RETRY_MAX_S)
+                    continue
                 if not rows:
                     self._wake.wait(IDLE_WAIT_S)
                     self._wake.clear()
@@ -85,13 +89,40 @@ class SinkQueue:
         finally:
             reader.close()
 
+    def _store_failed(self, exc: StoreError, wait_s: float) -> None:
+        self._stats[f"sink_state_failures_{self.sink.name}"] += 1
+        log.error("sink %s: %s; retrying in %.0f s", self.sink.name, exc, wait_s)
+        if self._stop.wait(wait_s):
+            raise StoppedError
+
+    def _done(
+        self, reader: SpoolReader, rows: list[Spooled], reason: str | None = None
+    ) -> list[str]:
+        """Record the settlement, retrying while the disk refuses (a full disk heals): the
+        sink already has these records, so they must not be handed over again."""
+
+        def note(error: BaseException | None, wait_s: float) -> None:
+            assert isinstance(error, StoreError)
+            self._stats[f"sink_state_failures_{self.sink.name}"] += 1
+            log.error("sink %s: %s; retrying in %.1f s", self.sink.name, error, wait_s)
+
+        return retry_until_stopped(
+            lambda: reader.done(rows, reason=reason),
+            retry_on=StoreError,
+            stop=self._stop,
+            initial_s=RETRY_INITIAL_S,
+            max_s=RETRY_MAX_S,
+            jitter_s=0.5,
+            on_retry=note,
+        )
+
     def _settle(self, reader: SpoolReader, rows: list[Spooled]) -> None:
         refused = self._deliver(rows)
         taken = [r for r in rows if r.key not in refused]
-        settled = reader.done(taken) if taken else []
+        settled = self._done(reader, taken) if taken else []
         for reason in sorted(set(refused.values())):
             dead = [r for r in rows if refused.get(r.key) == reason]
-            settled += reader.done(dead, reason=reason)
+            settled += self._done(reader, dead, reason)
             self._stats[f"dead_lettered_{self.sink.name}"] += len(dead)
             log.error(
                 "sink %s: %d record(s) set aside as dead letters (%s), e.g. %s",

@@ -28,7 +28,7 @@ from canvoy.wire.errors import DuplicateError, EnvelopeError, UnknownDeviceError
 from canvoy.wire.keys import DeviceKey
 
 log = logging.getLogger(__name__)
-MAX_RECORD_BYTES = 4 * 1024 * 1024  # the largest JSON record a sink is given (PROTOCOL.md)
+MAX_RECORD_BYTES = 2 * 1024 * 1024  # the largest JSON record a sink is given (PROTOCOL.md)
 Received = tuple[Connection, Message]
 _Authentic = tuple[Received, Verified, list[Record] | None]
 T = TypeVar("T")
@@ -100,6 +100,17 @@ class Pipeline:
                 self._confined(received, out, partial(self._route, received, verified, recs, out))
         return out
 
+    def _may_hold(self, msg: Message) -> bool:
+        """Held messages are unacknowledged, so they count against ``receive_maximum``: hold at
+        most half of it, and a tenth per device, so that one device (its key stolen, its
+        signatures junk) cannot stall the rest of the fleet."""
+        limit = max(1, self.config.receive_maximum // 2)
+        per_device = max(1, self.config.receive_maximum // 10)
+        if len(self.held) >= limit:
+            return False
+        device = msg.topic.split("/")[2] if msg.topic.count("/") == 3 else ""
+        return sum(1 for h in self.held if h.received[1].topic.split("/")[2] == device) < per_device
+
     def _known(self, msg: Message) -> bool:
         parts = msg.topic.split("/")
         return len(parts) == 4 and self.keys.get(parts[2]) is not None
@@ -157,7 +168,7 @@ class Pipeline:
         try:
             verified = self.verifier.check(msg.topic, bytes(msg.payload), admit=False)
         except UnknownDeviceError as exc:
-            if exc.reason == "unknown_device" and not held:
+            if exc.reason == "unknown_device" and not held and self._may_hold(msg):
                 until = time.monotonic() + self.config.hold_unknown_s
                 self.held.append(_Held(received, until))
                 self.stats["held"] += 1
@@ -214,6 +225,10 @@ class Pipeline:
         out.acks.append(received)
         out.forwarded.append(verified)
         self.stats["verified"] += 1
+
+    def reject_internal(self, received: Received, detail: str) -> None:
+        """Quarantine ``received`` as the bridge's own failure (payload kept); ack it after."""
+        self._reject(received, Batch(), "internal", detail, keep_payload=True)
 
     def forget(self, batch: Batch) -> None:
         """Undo the replay window's admissions of a batch whose state could not be written."""

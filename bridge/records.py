@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -22,8 +23,15 @@ class Record:
 
     @cached_property
     def text(self) -> str:
-        """The record as one line of JSON (encoded once, whatever number of sinks)."""
-        return json.dumps(self.data, separators=(",", ":"), default=str)
+        """The record as one line of JSON (encoded once, whatever number of sinks).
+
+        Strict JSON: NaN and the infinities (an IEEE float signal can decode to them) become
+        ``null``, which every JSON parser reads.
+        """
+        try:
+            return json.dumps(self.data, separators=(",", ":"), default=str, allow_nan=False)
+        except ValueError:
+            return json.dumps(_finite(self.data), separators=(",", ":"), default=str)
 
     def json(self) -> str:
         """The record as one line of JSON."""
@@ -35,6 +43,17 @@ class Record:
         record = cls(key, device, kind, {})
         record.__dict__["text"] = text
         return record
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (bodies nest at most 8 deep)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def split(record: Record, limit: int) -> list[Record]:

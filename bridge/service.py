@@ -297,6 +297,17 @@ class Bridge:
         except StoppedError:
             self.pipeline.forget(batch)  # unacknowledged: the broker delivers them again
             raise
+        except Exception:  # the bridge's own bug on something in the batch: find which message
+            log.exception("the state of a batch of %d message(s) was not written", len(batch.acks))
+            self.pipeline.forget(batch)
+            if len(batch.acks) <= 1:
+                for received in batch.acks:
+                    self.pipeline.reject_internal(received, "its state could not be written")
+                    self._ack(*received)
+                return
+            for received in batch.acks:
+                self._commit(self.pipeline.process([received]))
+            return
         for conn, msg in batch.acks:
             self._ack(conn, msg)
         if batch.dead:

@@ -26,7 +26,7 @@ from canvoy.errors import StoreError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
-    device TEXT NOT NULL, boot BLOB NOT NULL, seq INTEGER NOT NULL,
+    device TEXT NOT NULL, boot BLOB NOT NULL, seq INTEGER NOT NULL, at_ns INTEGER NOT NULL,
     PRIMARY KEY (device, boot, seq)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS status (device TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS certs (
@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS dead (
     at_ms INTEGER NOT NULL, text TEXT NOT NULL);
 """
 PRUNE_EVERY = 200  # commits between prunings of the replay window
+MAX_BOOTS = 8  # boots per device remembered (verify.MAX_BOOTS_PER_DEVICE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +86,9 @@ class BridgeState:
         self._commits = 0
 
     def seen(self) -> Iterator[tuple[str, bytes, int]]:
-        """Every remembered (device, boot, seq), oldest first per boot."""
-        yield from self._db.execute("SELECT device, boot, seq FROM seen ORDER BY device, boot, seq")
+        """Every remembered (device, boot, seq), in the order they were admitted (so that the
+        window keeps a device's most recent boots)."""
+        yield from self._db.execute("SELECT device, boot, seq FROM seen ORDER BY at_ns, seq")
 
     def statuses(self) -> dict[str, int]:
         """The newest status time per device."""
@@ -119,7 +121,10 @@ class BridgeState:
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
-                self._db.executemany("INSERT OR IGNORE INTO seen VALUES (?, ?, ?)", admitted)
+                at_ns = time.time_ns()
+                self._db.executemany(
+                    f"INSERT OR IGNORE INTO seen VALUES (?, ?, ?, {at_ns})", admitted
+                )
                 self._db.executemany(
                     "INSERT INTO status VALUES (?, ?) ON CONFLICT(device) DO UPDATE "
                     "SET created_ms = max(created_ms, excluded.created_ms)",
@@ -143,7 +148,14 @@ class BridgeState:
             self.prune()
 
     def prune(self) -> None:
-        """Forget sequence numbers the replay window has left behind."""
+        """Forget sequence numbers the replay window has left behind, and boots beyond the
+        last MAX_BOOTS of each device."""
+        self._db.execute(
+            "DELETE FROM seen WHERE (device, boot) IN (SELECT device, boot FROM ("
+            "SELECT device, boot, row_number() OVER (PARTITION BY device ORDER BY max(at_ns) "
+            "DESC) AS recent FROM seen GROUP BY device, boot) WHERE recent > ?)",
+            (MAX_BOOTS,),
+        )
         self._db.execute(
             "DELETE FROM seen WHERE seq < (SELECT max(s.seq) FROM seen s "
             "WHERE s.device = seen.device AND s.boot = seen.boot) - ?",
@@ -178,20 +190,27 @@ class SpoolReader:
 
     def take(self, limit: int, max_bytes: int) -> list[Spooled]:
         """The oldest records waiting for this sink: up to ``limit`` of them and, beyond the
-        first, no more than ``max_bytes`` of JSON together."""
-        cursor = self._db.execute(
-            "SELECT id, sink, key, envelope, device, kind, text FROM spool WHERE sink = ? "
-            "ORDER BY id LIMIT ?",
-            (self.sink, limit),
-        )
+        first, no more than ``max_bytes`` of JSON together.
+
+        Raises:
+            StoreError: the file cannot be read.
+        """
         rows: list[Spooled] = []
         size = 0
-        for row in cursor:
-            size += len(row[6])
-            if rows and size > max_bytes:
-                break
-            rows.append(Spooled(*row))
-        cursor.close()
+        try:
+            cursor = self._db.execute(
+                "SELECT id, sink, key, envelope, device, kind, text FROM spool WHERE sink = ? "
+                "ORDER BY id LIMIT ?",
+                (self.sink, limit),
+            )
+            for row in cursor:
+                size += len(row[6])
+                if rows and size > max_bytes:
+                    break
+                rows.append(Spooled(*row))
+            cursor.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"bridge state {self.path}: {exc}") from exc
         return rows
 
     def done(self, rows: Sequence[Spooled], *, reason: str | None = None) -> list[str]:

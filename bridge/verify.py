@@ -7,6 +7,7 @@ The same code serves the bridge and ``canvoy tail``. Every failure raises an Env
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -16,11 +17,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from canvoy.wire import body
 from canvoy.wire.envelope import SignedEnvelope, unpack, verify
-from canvoy.wire.errors import DuplicateError, IdentityMismatchError, ReplayError, SignatureError
+from canvoy.wire.errors import (
+    DuplicateError,
+    IdentityMismatchError,
+    MalformedError,
+    ReplayError,
+    SignatureError,
+)
 from canvoy.wire.keys import DeviceKey, DeviceKeys
 from canvoy.wire.topics import parse_topic
 
 DEFAULT_WINDOW = 100_000
+MAX_FUTURE_MS = 24 * 3600 * 1000  # a status dated further ahead is not a device's newest
 MAX_BOOTS_PER_DEVICE = 8
 
 
@@ -127,18 +135,24 @@ class Verifier:
 
         verified = check_envelope(topic, payload, keys_for)
         if candidate:
+            # The key rule does not depend on the status's time (PROTOCOL.md, "Keys"): a valid
+            # certificate whose status verified is trusted, and an older one teaches nothing new.
+            self.keys.trust(candidate[0])
             e = verified.signed.envelope
+            ahead_ms = e.created_ms - int(time.time() * 1000)
+            if ahead_ms > MAX_FUTURE_MS:
+                raise MalformedError(
+                    f"{e.device}: status created {ahead_ms // 1000} s ahead of this bridge's "
+                    "clock; it is not taken as the device's newest"
+                )
             with self._status_lock:
                 newest = self._status_ms.get(e.device, -1)
-                if e.created_ms >= newest:
+                if e.created_ms > newest:
                     self._status_ms[e.device] = e.created_ms
-            if e.created_ms < newest:  # an older birth, replayed: it changes nothing
+            if e.created_ms <= newest:
                 raise DuplicateError(
-                    f"{e.device}: status of {e.created_ms} is older than the newest, {newest}"
+                    f"{e.device}: status of {e.created_ms} is not newer than {newest}"
                 )
-            self.keys.trust(candidate[0])  # the newest birth teaches its key (again)
-            if e.created_ms == newest:
-                raise DuplicateError(f"{e.device}: status of {e.created_ms} was already received")
         if admit:
             self.admit(verified)
         return verified

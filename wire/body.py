@@ -20,9 +20,10 @@ from canvoy.wire.errors import MalformedError
 
 # Bounds a receiver checks before the work they limit (docs/PROTOCOL.md, "Bounds"). An agent's
 # bodies stay far inside them: its batches are <= 128 KiB before compression.
-MAX_BODY_BYTES = 1024 * 1024  # decompressed
+MAX_BODY_BYTES = 256 * 1024  # decompressed
 RATIO_FREE_BYTES = 128 * 1024  # decompressed sizes up to this are never a bomb
 MAX_RATIO = 256  # decompressed / compressed, above RATIO_FREE_BYTES
+MAX_STRING_BYTES = 8 * 1024
 MAX_DEPTH = 8  # nested maps and arrays in a body, the body's own map included
 MAX_SERIES = 4096  # series in one telemetry body
 MAX_SAMPLES = 65_536  # samples in one telemetry body, and so in any one series
@@ -68,7 +69,7 @@ def decode(encoding: str, body: bytes) -> dict[str, Any]:
             raw=False,
             strict_map_key=True,
             max_ext_len=0,
-            max_str_len=64 * 1024,
+            max_str_len=MAX_STRING_BYTES,
             max_bin_len=MAX_BODY_BYTES,
             max_array_len=MAX_SAMPLES,
             max_map_len=10_000,

@@ -33,6 +33,7 @@ from canvoy.wire.topics import KINDS, Kind
 
 VERSION = 1
 MAX_PAYLOAD_BYTES = 128 * 1024
+MAX_INT = 2**63 - 1  # seq and created_ms: what every database downstream can store
 BOOT_ID_BYTES = 16
 SIGNATURE_BYTES = 64
 MAX_SEQ = 2**64 - 1
@@ -170,6 +171,9 @@ def unpack(payload: bytes) -> SignedEnvelope:
             raise MalformedError(
                 f"field {name} must be {want.__name__}, not {type(value).__name__}"
             )
+    for name, value in (("seq", seq), ("created_ms", created_ms)):
+        if not 0 <= value <= MAX_INT:
+            raise MalformedError(f"field {name} {value} is outside 0..2^63-1")
     envelope = Envelope(
         version=version,
         device=device,

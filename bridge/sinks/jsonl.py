@@ -34,6 +34,8 @@ class JsonlConfig:
     def __post_init__(self) -> None:
         if self.max_bytes < 4096 or self.keep < 1:
             raise ConfigError("max_bytes must be >= 4096 and keep >= 1")
+        if self.path.is_dir():
+            raise ConfigError(f"path: {self.path} is a directory; name a file")
 
 
 class JsonlSink:

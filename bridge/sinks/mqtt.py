@@ -43,6 +43,8 @@ class MqttSinkConfig:
     max_payload_bytes: int = 128 * 1024  # AWS IoT Core's limit; Mosquitto's is canvoy's too
 
     def __post_init__(self) -> None:
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s: {self.timeout_s} must be > 0")
         if not 1024 <= self.max_payload_bytes <= 256 * 1024 * 1024:
             raise ConfigError("max_payload_bytes must be 1024..268435456")
 

@@ -22,7 +22,7 @@ from nats.js.errors import NotFoundError
 from canvoy.bridge.records import Record
 from canvoy.bridge.sinks.base import SinkContext, register
 from canvoy.config import build
-from canvoy.errors import SinkError
+from canvoy.errors import ConfigError, SinkError
 
 T = TypeVar("T")
 
@@ -36,6 +36,13 @@ class NatsConfig:
     subject_prefix: str = "canvoy"
     duplicate_window_s: float = 86400.0
     timeout_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        for url in self.url.split(","):
+            if not url.strip().startswith(("nats://", "tls://", "ws://", "wss://")):
+                raise ConfigError(f"url: {url!r} must start with nats:// (or tls://)")
+        if self.timeout_s <= 0 or self.duplicate_window_s <= 0:
+            raise ConfigError("timeout_s and duplicate_window_s must be > 0")
 
 
 class NatsSink:

@@ -55,6 +55,8 @@ class WebhookConfig:
     def __post_init__(self) -> None:
         if not self.url.startswith(("http://", "https://")):
             raise ConfigError(f"url {self.url!r} must start with http:// or https://")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"timeout_s: {self.timeout_s} must be > 0")
         if self.max_elapsed_s < 0 or self.retry_min_s <= 0:
             raise ConfigError("max_elapsed_s must be >= 0 and retry_min_s > 0")
 

@@ -154,14 +154,17 @@ def _init(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    stopping = threading.Event()  # a SIGTERM while it starts up (spawning workers) is honoured
+    # Signals during start-up (reading files, spawning workers) are kept, not fatal.
+    stopping, hangup = threading.Event(), threading.Event()
     stop_on_signals(stopping.set)
-    bridge = Bridge(config)
+    reload_on_hangup(hangup.set)
+    bridge = Bridge(load_config(args.config))
     stop_on_signals(bridge.stop)
     reload_on_hangup(bridge.reload)  # after a revocation, as for the broker
     if stopping.is_set():
         bridge.stop()
+    if hangup.is_set():
+        bridge.reload()
     return bridge.run()
 
 

@@ -17,6 +17,7 @@ import zstandard
 from canvoy.certs import pki
 from canvoy.simulator.fleet import VirtualDevice
 from canvoy.transport.mqtt import Connection, Message
+from canvoy.wire import body
 from canvoy.wire.envelope import Envelope, sign
 from tests.agentkit import stop
 from tests.bridgekit import bridge_config, bridge_ready, read_jsonl, start_bridge
@@ -32,15 +33,24 @@ def _online(broker: RunningBroker, dev: VirtualDevice) -> Connection:
     return conn
 
 
-def _raw(dev: VirtualDevice, kind: str, raw_body: bytes, encoding: str = "none") -> bytes:
+def _raw(
+    dev: VirtualDevice,
+    kind: str,
+    raw_body: bytes,
+    encoding: str = "none",
+    *,
+    seq: int | None = None,
+    created_ms: int | None = None,
+) -> bytes:
     """An envelope of ``raw_body`` bytes, signed with the device's real key."""
-    dev.seq += 1
+    if seq is None:
+        dev.seq += 1
     envelope = Envelope(
         device=dev.device,
         boot=dev.boot,
-        seq=dev.seq,
+        seq=dev.seq if seq is None else seq,
         kind=kind,  # type: ignore[arg-type]
-        created_ms=int(time.time() * 1000),
+        created_ms=int(time.time() * 1000) if created_ms is None else created_ms,
         encoding=encoding,  # type: ignore[arg-type]
         body=raw_body,
     )
@@ -266,3 +276,55 @@ def test_sigkills_during_a_backlog_forward_each_record_once(
     finally:
         code = stop(bridge)
     assert code == 0
+
+
+def _status_body(dev: VirtualDevice) -> bytes:
+    status = body.Status(state="online", agent="t", policy=dev.policy, cert_pem=dev.cert_pem)
+    return bytes(msgpack.packb(body.status_content(status)))
+
+
+def test_second_round_of_hostile_messages(broker: RunningBroker, tmp_path: Path) -> None:
+    """Numbers past 2^63, NaN, a status dated 50 years ahead, and a flood of unsigned envelopes
+    from a device that never says who it is: the bridge stays up and the fleet flows."""
+    out = tmp_path / "out.jsonl"
+    config = bridge_config(
+        tmp_path / "bridge.yaml", broker, jsonl=out, extra="receive_maximum: 200\n"
+    )
+    bridge = start_bridge(config, tmp_path / "bridge.log")
+    car1 = VirtualDevice.from_pki(broker.certs, "car-1")
+    try:
+        wait_for(lambda: bridge_ready(config), what="bridge connected")
+        conn1 = _online(broker, car1)
+        tele = car1.topic("telemetry")
+        one = msgpack.packb(body.telemetry_content(car1.policy, {"a/b/c": ([1], [1.0])}))
+        conn1.publish(tele, _raw(car1, "telemetry", one, seq=2**63)).result(5)
+        far = _raw(car1, "status", _status_body(car1), seq=0, created_ms=2**63)
+        conn1.publish(car1.topic("status"), far).result(5)
+        ahead = int(time.time() * 1000) + 50 * 365 * 86400 * 1000
+        conn1.publish(
+            car1.topic("status"), _raw(car1, "status", _status_body(car1), seq=0, created_ms=ahead)
+        ).result(5)
+        nan = {"pt/X/y": [(1_700_000_000.0, float("nan")), (1_700_000_001.0, float("inf"))]}
+        conn1.publish(tele, car1.telemetry(nan)).result(5)
+        # car-2 floods envelopes with junk signatures and never sends a birth.
+        conn2 = broker.connect("device", "car-2")
+        car2 = VirtualDevice.from_pki(broker.certs, "car-2")
+        for i in range(300):
+            signed = msgpack.unpackb(car2.telemetry(_series(i)))[0]
+            conn2.publish(car2.topic("telemetry"), msgpack.packb([signed, b"\0" * 64]))
+        # car-1 renews its key: learned although a birth 50 years ahead came first.
+        pki.issue(broker.certs, "device", "car-1", force=True)
+        renewed = VirtualDevice.from_pki(broker.certs, "car-1")
+        renewed.boot, renewed.seq = car1.boot, car1.seq
+        conn1.publish(car1.topic("status"), renewed.birth(), retain=True).result(5)
+        conn1.publish(tele, renewed.telemetry(_series(1))).result(5)
+        wait_for(lambda: len(read_jsonl(out)) == 2, timeout_s=20, what="car-1 during the flood")
+        records = read_jsonl(out)
+        assert records[0]["series"]["pt/X/y"]["v"] == [None, None]  # strict JSON
+        assert bridge.poll() is None
+        status = json.loads((tmp_path / "status-b1.json").read_text())
+        assert status["held"] <= 200 // 10
+        reasons = [e["reason"] for e in read_jsonl(tmp_path / "quarantine-b1.jsonl")]
+        assert reasons.count("malformed") >= 3  # 2^63 twice, and the status from the future
+    finally:
+        stop(bridge)
