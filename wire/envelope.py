@@ -171,9 +171,9 @@ def unpack(payload: bytes) -> SignedEnvelope:
             raise MalformedError(
                 f"field {name} must be {want.__name__}, not {type(value).__name__}"
             )
-    for name, value in (("seq", seq), ("created_ms", created_ms)):
+    for name, value in (("sequence number seq", seq), ("created_ms", created_ms)):
         if not 0 <= value <= MAX_INT:
-            raise MalformedError(f"field {name} {value} is outside 0..2^63-1")
+            raise MalformedError(f"{name} {value} is outside 0..2^63-1")
     envelope = Envelope(
         version=version,
         device=device,

@@ -24,9 +24,9 @@ envelopes = st.builds(
     Envelope,
     device=st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True),
     boot=st.binary(min_size=16, max_size=16),
-    seq=st.integers(0, 2**64 - 1),
+    seq=st.integers(0, 2**63 - 1),
     kind=st.sampled_from(["telemetry", "events", "status", "receipts"]),
-    created_ms=st.integers(0, 2**64 - 1),
+    created_ms=st.integers(0, 2**63 - 1),
     encoding=st.sampled_from(["none", "zstd"]),
     body=st.binary(max_size=2048),
 )
