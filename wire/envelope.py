@@ -33,10 +33,9 @@ from canvoy.wire.topics import KINDS, Kind
 
 VERSION = 1
 MAX_PAYLOAD_BYTES = 128 * 1024
-MAX_INT = 2**63 - 1  # seq and created_ms: what every database downstream can store
 BOOT_ID_BYTES = 16
 SIGNATURE_BYTES = 64
-MAX_SEQ = 2**64 - 1
+MAX_SEQ = 2**63 - 1  # seq and created_ms: what every database downstream can store
 Encoding = Literal["none", "zstd"]
 ENCODINGS: tuple[Encoding, ...] = ("none", "zstd")
 _FIELDS = 8
@@ -62,8 +61,9 @@ class Envelope:
             raise MalformedError(f"envelope device id {self.device!r} is invalid")
         if len(self.boot) != BOOT_ID_BYTES:
             raise MalformedError(f"boot id must be {BOOT_ID_BYTES} bytes, not {len(self.boot)}")
-        if not 0 <= self.seq <= MAX_SEQ:
-            raise MalformedError(f"sequence {self.seq} is outside 0..2**64-1")
+        for name, value in (("sequence", self.seq), ("created_ms", self.created_ms)):
+            if not 0 <= value <= MAX_SEQ:
+                raise MalformedError(f"{name} {value} is outside 0..2^63-1")
         if self.kind not in KINDS:
             raise MalformedError(f"kind {self.kind!r} is unknown: use one of {KINDS}")
         if self.encoding not in ENCODINGS:
@@ -171,9 +171,6 @@ def unpack(payload: bytes) -> SignedEnvelope:
             raise MalformedError(
                 f"field {name} must be {want.__name__}, not {type(value).__name__}"
             )
-    for name, value in (("sequence number seq", seq), ("created_ms", created_ms)):
-        if not 0 <= value <= MAX_INT:
-            raise MalformedError(f"{name} {value} is outside 0..2^63-1")
     envelope = Envelope(
         version=version,
         device=device,
