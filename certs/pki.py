@@ -31,6 +31,8 @@ DEFAULT_DAYS: dict[IdentityKind, int] = {
 }
 CRL_DAYS = 365
 ORGANIZATION = "canvoy fleet"
+# Certificates start a little in the past so that a clock a few minutes behind accepts them.
+BACKDATE = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,6 +46,13 @@ class Identity:
     revoked: bool
     cert_path: Path
     key_path: Path
+    not_before: dt.datetime | None = None
+    subject: str = ""
+
+    @property
+    def key_at_ca(self) -> bool:
+        """True when the private key was made here (``certs issue``), not enrolled by request."""
+        return self.key_path.is_file()
 
 
 def ca_cert_path(root: Path) -> Path:
@@ -92,7 +101,59 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, force: bool) -> None:
+def lifetime(
+    kind: IdentityKind, *, days: int | None = None, hours: int | None = None
+) -> dt.timedelta:
+    """How long a new ``kind`` certificate is valid: ``days`` or ``hours``, else the default.
+
+    Raises:
+        PKIError: ``days`` or ``hours`` is not a positive whole number, or both are given.
+    """
+    if days is not None and hours is not None:
+        raise PKIError("give --days or --hours, not both")
+    for value, unit in ((days, "days"), (hours, "hours")):
+        if value is not None and (isinstance(value, bool) or value <= 0):
+            raise PKIError(
+                f"--{unit} {value} is invalid: a certificate must be valid for a positive "
+                "number of days (or --hours N for a short-lived one)"
+            )
+    if hours is not None:
+        return dt.timedelta(hours=hours)
+    return dt.timedelta(days=days if days is not None else DEFAULT_DAYS[kind])
+
+
+def kinds_of(root: Path, name: str) -> list[IdentityKind]:
+    """The kinds under which ``name`` exists in the PKI (a folder with a key or certificate)."""
+    return [
+        kind
+        for kind in KINDS
+        if any((identity_dir(root, kind, name) / f).exists() for f in ("cert.pem", "key.pem"))
+    ]
+
+
+def check_unique(root: Path, kind: IdentityKind, name: str) -> None:
+    """Refuse ``name`` for ``kind`` when it is already another kind's identity.
+
+    One name is one identity: a device may never share a name with a bridge or an operator.
+
+    Raises:
+        PKIError: ``name`` exists under another kind; the message names it.
+    """
+    others = [k for k in kinds_of(root, name) if k != kind]
+    if others:
+        raise PKIError(
+            f"{name!r} is already a {others[0]} identity in {str(root)!r} "
+            f"({identity_dir(root, others[0], name)}): names are unique across kinds; "
+            f"choose another name for the {kind}"
+        )
+
+
+def write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, force: bool = False) -> None:
+    """Write ``key`` as unencrypted PKCS#8 PEM, mode 0600, atomically.
+
+    Raises:
+        PKIError: ``path`` exists and ``force`` is false.
+    """
     if path.exists() and not force:
         raise PKIError(f"key {str(path)!r} already exists: use --force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +170,8 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, force: bool) -> N
     os.replace(tmp, path)
 
 
-def _write_public(path: Path, pem: bytes) -> None:
+def write_public(path: Path, pem: bytes) -> None:
+    """Write a certificate, CRL or request (mode 0644), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(pem)
@@ -117,7 +179,8 @@ def _write_public(path: Path, pem: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _name(common_name: str, unit: str) -> x509.Name:
+def subject(common_name: str, unit: str) -> x509.Name:
+    """``O=canvoy fleet, OU=<unit>, CN=<common_name>``: the subject of every identity."""
     return x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
@@ -146,20 +209,22 @@ def init_ca(root: Path, *, force: bool = False, days: int = CA_DAYS) -> Path:
     """Create the fleet root CA (and an empty CRL) under ``root``.
 
     Raises:
-        PKIError: a CA already exists and ``force`` is false.
+        PKIError: a CA already exists and ``force`` is false, or ``days`` is not positive.
     """
+    if isinstance(days, bool) or days <= 0:
+        raise PKIError(f"--days {days} is invalid: the CA must be valid for a positive number")
     if ca_cert_path(root).exists() and not force:
         raise PKIError(
             f"a fleet CA already exists at {str(ca_cert_path(root))!r}: use --force to replace it "
             "(every certificate it issued stops working)"
         )
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = _name("canvoy fleet root CA", "ca")
+    name = subject("canvoy fleet root CA", "ca")
     now = _now()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
@@ -169,8 +234,8 @@ def init_ca(root: Path, *, force: bool = False, days: int = CA_DAYS) -> Path:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_key(ca_key_path(root), key, force=True)
-    _write_public(ca_cert_path(root), cert.public_bytes(serialization.Encoding.PEM))
+    write_key(ca_key_path(root), key, force=True)
+    write_public(ca_cert_path(root), cert.public_bytes(serialization.Encoding.PEM))
     _write_crl(root, key, cert, [])
     return ca_cert_path(root)
 
@@ -206,6 +271,7 @@ def issue(
     *,
     hosts: Iterable[str] = (),
     days: int | None = None,
+    hours: int | None = None,
     force: bool = False,
 ) -> Identity:
     """Issue a key and certificate for ``kind``/``name`` signed by the fleet CA.
@@ -215,32 +281,70 @@ def issue(
 
     Raises:
         InvalidIdentityError: ``name`` is not a valid identity name.
-        PKIError: no CA, or the key exists and ``force`` is false.
+        PKIError: no CA, ``name`` is another kind's, the validity is not positive, or the key
+            exists and ``force`` is false.
     """
     check_id(name, f"{kind} name")
-    hosts = list(hosts)
-    if kind == "broker" and not hosts:
-        raise PKIError("a broker certificate needs at least one --host (e.g. --host localhost)")
-    ca_key, ca_cert = load_ca(root)
+    valid_for = lifetime(kind, days=days, hours=hours)
+    check_unique(root, kind, name)
     folder = identity_dir(root, kind, name)
-    key_path, cert_path = folder / "key.pem", folder / "cert.pem"
-    if key_path.exists() and not force:
+    key_path = folder / "key.pem"
+    if (key_path.exists() or (folder / "cert.pem").exists()) and not force:
         raise PKIError(
-            f"{kind} {name!r} already exists in {str(folder)!r}: use --force to replace its key"
+            f"{kind} {name!r} already exists in {str(folder)!r}: use --force to replace its key, "
+            f"or 'canvoy certs renew {kind} {name}' to keep it"
         )
+    load_ca(root)
+    check_hosts(kind, hosts)
     key = ec.generate_private_key(ec.SECP256R1())
+    write_key(key_path, key, force=True)
+    return certify(root, kind, name, key.public_key(), hosts=hosts, valid_for=valid_for)
+
+
+def check_hosts(kind: IdentityKind, hosts: Iterable[str]) -> None:
+    """A broker certificate names the hosts clients reach it by.
+
+    Raises:
+        PKIError: ``kind`` is broker and ``hosts`` is empty.
+    """
+    if kind == "broker" and not list(hosts):
+        raise PKIError("a broker certificate needs at least one --host (e.g. --host localhost)")
+
+
+def certify(
+    root: Path,
+    kind: IdentityKind,
+    name: str,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    hosts: Iterable[str],
+    valid_for: dt.timedelta,
+) -> Identity:
+    """Sign a certificate for ``public_key`` as ``kind``/``name`` and write it to the PKI.
+
+    The one place certificates are made: ``issue`` (key made here), ``sign`` (key from a
+    request) and ``renew`` (key of the current certificate) all come through here. The CA
+    never sees the identity's private key.
+
+    Raises:
+        PKIError: no CA, or the key is not ECDSA P-256.
+    """
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != (
+        "secp256r1"
+    ):
+        raise PKIError(f"{kind} {name!r}: the key must be ECDSA P-256")
+    hosts = list(hosts)
+    ca_key, ca_cert = load_ca(root)
     now = _now()
     usage = ExtendedKeyUsageOID.SERVER_AUTH if kind == "broker" else ExtendedKeyUsageOID.CLIENT_AUTH
-    not_after = min(
-        now + dt.timedelta(days=days or DEFAULT_DAYS[kind]), ca_cert.not_valid_after_utc
-    )
+    not_after = min(now + valid_for, ca_cert.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(name, kind))
+        .subject_name(subject(name, kind))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
@@ -252,23 +356,57 @@ def issue(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write_key(key_path, key, force=True)
-    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    folder = identity_dir(root, kind, name)
+    cert_path = folder / "cert.pem"
+    write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    return _identity(kind, cert, cert_path, revoked=False)
+
+
+def _identity(
+    kind: IdentityKind, cert: x509.Certificate, cert_path: Path, *, revoked: bool
+) -> Identity:
     return Identity(
         kind=kind,
-        name=name,
+        name=cert_path.parent.name,
         serial=cert.serial_number,
-        not_after=not_after,
-        revoked=False,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        revoked=revoked,
         cert_path=cert_path,
-        key_path=key_path,
+        key_path=cert_path.parent / "key.pem",
+        subject=cert.subject.rfc4514_string(),
     )
 
 
+def load_certificate(path: Path) -> x509.Certificate:
+    """Read one PEM certificate.
+
+    Raises:
+        PKIError: the file cannot be read or is not a PEM certificate.
+    """
+    try:
+        return x509.load_pem_x509_certificate(path.read_bytes())
+    except OSError as exc:
+        raise PKIError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
+    except ValueError as exc:
+        raise PKIError(f"{str(path)!r} is not a PEM certificate: {exc}") from exc
+
+
 def load_crl(root: Path) -> x509.CertificateRevocationList | None:
-    """The current CRL, or None when there is none yet."""
+    """The current CRL, or None when there is none yet.
+
+    Raises:
+        PKIError: the file is not a PEM CRL.
+    """
     path = crl_path(root)
-    return x509.load_pem_x509_crl(path.read_bytes()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return x509.load_pem_x509_crl(path.read_bytes())
+    except ValueError as exc:
+        raise PKIError(
+            f"{str(path)!r} is not a PEM CRL: restore it from the CA host's copy"
+        ) from exc
 
 
 def _write_crl(
@@ -276,18 +414,38 @@ def _write_crl(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_cert: x509.Certificate,
     revoked: list[x509.RevokedCertificate],
-) -> None:
+    *,
+    days: int = CRL_DAYS,
+) -> x509.CertificateRevocationList:
     now = _now()
     builder = (
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca_cert.subject)
-        .last_update(now - dt.timedelta(minutes=5))
-        .next_update(now + dt.timedelta(days=CRL_DAYS))
+        .last_update(now - BACKDATE)
+        .next_update(now + dt.timedelta(days=days))
     )
     for entry in revoked:
         builder = builder.add_revoked_certificate(entry)
     crl = builder.sign(ca_key, hashes.SHA256())
-    _write_public(crl_path(root), crl.public_bytes(serialization.Encoding.PEM))
+    write_public(crl_path(root), crl.public_bytes(serialization.Encoding.PEM))
+    return crl
+
+
+def resign_crl(root: Path, *, days: int = CRL_DAYS) -> x509.CertificateRevocationList:
+    """Sign the CRL again with the same revoked serials and a next update ``days`` from now.
+
+    Run it on the CA host before the next update (a cron job or timer), then copy ``crl.pem``
+    to the brokers and bridges: a CRL past its next update makes Mosquitto refuse everyone.
+
+    Raises:
+        PKIError: no CA, or ``days`` is not positive.
+    """
+    if isinstance(days, bool) or days <= 0:
+        raise PKIError(f"--days {days} is invalid: the CRL must be valid for a positive number")
+    ca_key, ca_cert = load_ca(root)
+    current = load_crl(root)
+    entries = list(current) if current is not None else []
+    return _write_crl(root, ca_key, ca_cert, entries, days=days)
 
 
 def identities(root: Path) -> list[Identity]:
@@ -297,18 +455,8 @@ def identities(root: Path) -> list[Identity]:
     found = []
     for kind in KINDS:
         for cert_path in sorted((root / kind).glob("*/cert.pem")):
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            found.append(
-                Identity(
-                    kind=kind,
-                    name=cert_path.parent.name,
-                    serial=cert.serial_number,
-                    not_after=cert.not_valid_after_utc,
-                    revoked=cert.serial_number in revoked,
-                    cert_path=cert_path,
-                    key_path=cert_path.parent / "key.pem",
-                )
-            )
+            cert = load_certificate(cert_path)
+            found.append(_identity(kind, cert, cert_path, revoked=cert.serial_number in revoked))
     return found
 
 
@@ -335,5 +483,12 @@ def revoke(root: Path, name: str, kind: IdentityKind | None = None) -> Identity:
             .revocation_date(_now())
             .build()
         )
-    _write_crl(root, ca_key, ca_cert, entries)
+    _write_crl(root, ca_key, ca_cert, entries, days=_crl_days(crl))
     return dataclasses.replace(target, revoked=True)
+
+
+def _crl_days(crl: x509.CertificateRevocationList | None) -> int:
+    """Keep the CRL's cadence (``certs crl --days``) when it is rewritten for a revocation."""
+    if crl is None or crl.next_update_utc is None:
+        return CRL_DAYS
+    return max(1, round((crl.next_update_utc - crl.last_update_utc).total_seconds() / 86400))
