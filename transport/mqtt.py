@@ -60,10 +60,20 @@ def _reason_value(code: ReasonCode | int) -> int:
 def _hint(reason: str, tls_error: str) -> str:
     text = f"{reason} ({tls_error})" if tls_error else reason
     lowered = text.lower()
+    if "session taken over" in lowered:
+        return (
+            f"{text}: another connection with this same identity (certificate) took over the "
+            "session; give each process and each person an identity of their own "
+            "('canvoy certs issue operator NAME')"
+        )
     if "revoked" in lowered:
         return f"{text}: this certificate is revoked; issue a new identity"
     if "expired" in lowered:
-        return f"{text}: this certificate has expired; renew it with 'canvoy certs issue --force'"
+        return (
+            f"{text}: the broker found an expired certificate or CRL: renew this certificate "
+            "with 'canvoy certs renew', or, if it is valid, re-sign the broker's CRL with "
+            "'canvoy certs crl' and send the broker SIGHUP"
+        )
     if "unknown ca" in lowered or "certificate verify failed" in lowered:
         return f"{text}: the certificate is not from this fleet's CA (or the CA file is wrong)"
     if "not authorized" in lowered or "bad user" in lowered:
