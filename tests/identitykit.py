@@ -72,3 +72,19 @@ def expired_copy(root: Path, kind: pki.IdentityKind, name: str, into: Path) -> N
         not_after=now - dt.timedelta(days=1),
     )
     cert_path.replace(into)
+
+
+def dated_crl(root: Path, *, last_update: dt.datetime, next_update: dt.datetime) -> None:
+    """Rewrite the CRL of ``root`` (keeping its entries) with the given dates."""
+    ca_key, ca_cert = pki.load_ca(root)
+    current = pki.load_crl(root)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(last_update)
+        .next_update(next_update)
+    )
+    for entry in current or []:
+        builder = builder.add_revoked_certificate(entry)
+    crl = builder.sign(ca_key, hashes.SHA256())
+    pki.crl_path(root).write_bytes(crl.public_bytes(serialization.Encoding.PEM))

@@ -80,8 +80,9 @@ def _hint(reason: str, tls_error: str) -> str:
         return f"{text}: the broker does not know this identity; reload its ACL (SIGHUP)"
     if "eof occurred" in lowered:
         return (
-            f"{text}: the broker closed the TLS connection; it requires a client certificate "
-            "and key from this fleet's CA"
+            f"{text}: the broker closed the TLS connection: it refused this client's "
+            "certificate (it needs a valid, unrevoked one from this fleet's CA), or its CRL is "
+            "past its next update (run 'canvoy certs check' on the CA host)"
         )
     if "certificate" in lowered or "alert" in lowered:
         return f"{text}: the broker refused this certificate"
