@@ -101,13 +101,16 @@ def test_lapsed_crl_is_reported_and_healed_by_resigning(pki_dir: Path, tmp_path:
         resigned = _canvoy("certs", "crl", "--certs", str(root), "--days", "30")
         assert resigned.returncode == 0, resigned.stderr
         broker.send_signal(signal.SIGHUP)
-        for kind, name in (
+        everyone: list[tuple[pki.IdentityKind, str]] = [
             ("device", "car-1"),
             ("device", "car-2"),
             ("bridge", "b1"),
             ("operator", "ops"),
-        ):
-            wait_for(lambda k=kind, n=name: _connects(root, port, k, n), what=f"{name} back")
+        ]
+        wait_for(
+            lambda: all(_connects(root, port, k, n) for k, n in everyone),
+            what="every identity back",
+        )
         check = _canvoy("certs", "check", "--within", "7", "--certs", str(root))
         assert check.returncode == 0, check.stdout
     finally:
