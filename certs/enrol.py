@@ -9,6 +9,7 @@ object that implements ``ec.EllipticCurvePrivateKey``, which is how such keys pl
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -20,7 +21,7 @@ from cryptography.x509.oid import NameOID
 
 from canvoy.certs import pki
 from canvoy.errors import PKIError
-from canvoy.wire.ids import check_id
+from canvoy.wire.ids import ID_PATTERN, check_id
 
 
 class KeySource(Protocol):
@@ -45,7 +46,10 @@ class FileKey:
         """
         if not self.path.exists():
             key = ec.generate_private_key(ec.SECP256R1())
-            pki.write_key(self.path, key)
+            try:
+                pki.write_key(self.path, key)
+            except OSError as exc:
+                raise PKIError(f"cannot write key {str(self.path)!r}: {exc.strerror}") from exc
             return key
         try:
             key_obj = serialization.load_pem_private_key(self.path.read_bytes(), password=None)
@@ -105,14 +109,20 @@ def read_request(path: Path) -> tuple[pki.IdentityKind, str, ec.EllipticCurvePub
     key = csr.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise PKIError(f"{str(path)!r}: the key must be ECDSA P-256")
-    unit = _attr(csr.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
-    name = _attr(csr.subject, NameOID.COMMON_NAME)
-    if unit not in pki.KINDS or csr.subject != pki.subject(name, unit):
+    with warnings.catch_warnings():
+        # cryptography warns about out-of-bounds attributes; the name check below refuses them.
+        warnings.simplefilter("ignore", UserWarning)
+        unit = _attr(csr.subject, NameOID.ORGANIZATIONAL_UNIT_NAME)
+        name = _attr(csr.subject, NameOID.COMMON_NAME)
+    if (
+        unit not in pki.KINDS
+        or ID_PATTERN.fullmatch(name) is None
+        or csr.subject != pki.subject(name, unit)
+    ):
         raise PKIError(
             f"{str(path)!r} asks for {csr.subject.rfc4514_string()!r}: make requests with "
             "'canvoy certs request KIND NAME', whose subject is O=canvoy fleet, OU=KIND, CN=NAME"
         )
-    check_id(name, f"{unit} name")
     return unit, name, key
 
 

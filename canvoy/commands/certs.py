@@ -267,8 +267,8 @@ def _list(args: argparse.Namespace) -> int:
         f"fleet CA {pki.ca_cert_path(args.dir)}: valid until "
         f"{ca.not_valid_after_utc:%Y-%m-%d} ({_days_left(ca.not_valid_after_utc, now):.0f} days)"
     )
-    if crl is None:
-        console.print(f"CRL: none at {pki.crl_path(args.dir)}")
+    if crl is None or crl.next_update_utc is None:
+        console.print(f"CRL {pki.crl_path(args.dir)}: none, or without a next update")
     else:
         left = _days_left(crl.next_update_utc, now)
         lapsed = " [bold red]LAPSED: re-sign with 'canvoy certs crl'[/]" if (left or 0) <= 0 else ""

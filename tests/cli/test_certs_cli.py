@@ -92,17 +92,49 @@ def test_request_sign_round_trip_keeps_the_key_where_it_was_made(
     assert "elsewhere" in out
 
 
-def test_sign_refuses_requests_not_made_for_the_fleet(root: Path, tmp_path: Path) -> None:
+ODD_SUBJECTS = [
+    [(NameOID.COMMON_NAME, "b1")],
+    [
+        (NameOID.ORGANIZATION_NAME, "canvoy fleet"),
+        (NameOID.ORGANIZATIONAL_UNIT_NAME, "device"),
+        (NameOID.COMMON_NAME, "car 7"),
+    ],
+    [
+        (NameOID.ORGANIZATION_NAME, "canvoy fleet"),
+        (NameOID.ORGANIZATIONAL_UNIT_NAME, "device"),
+        (NameOID.COMMON_NAME, "car-1,OU=bridge"),
+    ],
+    [
+        (NameOID.ORGANIZATION_NAME, "canvoy fleet"),
+        (NameOID.ORGANIZATIONAL_UNIT_NAME, "ca"),
+        (NameOID.COMMON_NAME, "car-1"),
+    ],
+    [
+        (NameOID.ORGANIZATION_NAME, "canvoy fleet"),
+        (NameOID.ORGANIZATIONAL_UNIT_NAME, "device"),
+        (NameOID.COMMON_NAME, "x" * 65),
+    ],
+]
+
+
+@pytest.mark.filterwarnings("ignore:Attribute's length")
+@pytest.mark.parametrize("attributes", ODD_SUBJECTS)
+def test_sign_refuses_requests_not_made_for_the_fleet(
+    root: Path, tmp_path: Path, attributes: list[tuple[x509.ObjectIdentifier, str]]
+) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    odd = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "b1")]))
-        .sign(key, hashes.SHA256())
-    )
+    name = x509.Name([x509.NameAttribute(o, v, _validate=False) for o, v in attributes])
+    odd = x509.CertificateSigningRequestBuilder().subject_name(name).sign(key, hashes.SHA256())
     path = tmp_path / "odd.csr"
     path.write_bytes(odd.public_bytes(serialization.Encoding.PEM))
     with pytest.raises(PKIError, match="canvoy certs request KIND NAME"):
         enrol.sign(root, path)
+    assert pki.identities(root) == []
+
+
+def test_sign_refuses_a_name_of_another_kind_and_a_broker_without_hosts(
+    root: Path, tmp_path: Path
+) -> None:
     pki.issue(root, "bridge", "b1")
     enrol.request("device", "b1", enrol.FileKey(tmp_path / "k.pem"), tmp_path / "b1.csr")
     with pytest.raises(PKIError, match="already a bridge identity"):
