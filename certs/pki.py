@@ -1,27 +1,44 @@
-"""Make and read the fleet PKI on disk; the layout is described in certs/README.md."""
+"""Make the fleet PKI: the CA, identities and revocations (layout in certs/README.md and
+``canvoy.certs.layout``; the CRL in ``canvoy.certs.crl``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import ipaddress
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from canvoy.certs.crl import CRL_DAYS, crl_days, load_crl, resign_crl, write_crl
+from canvoy.certs.layout import (
+    BACKDATE,
+    KINDS,
+    ORGANIZATION,
+    IdentityKind,
+    ca_cert_path,
+    ca_key_path,
+    check_unique,
+    crl_path,
+    identity_dir,
+    kinds_of,
+    load_ca,
+    load_certificate,
+    require_identity,
+    subject,
+    tls_files,
+    utcnow,
+    write_key,
+    write_public,
+)
 from canvoy.errors import PKIError
 from canvoy.wire.ids import check_id
-from canvoy.wire.tls import TlsFiles
 
-IdentityKind = Literal["broker", "device", "bridge", "operator"]
-KINDS: tuple[IdentityKind, ...] = get_args(IdentityKind)
 CA_DAYS = 3650
 DEFAULT_DAYS: dict[IdentityKind, int] = {
     "broker": 825,
@@ -29,10 +46,41 @@ DEFAULT_DAYS: dict[IdentityKind, int] = {
     "bridge": 825,
     "operator": 365,
 }
-CRL_DAYS = 365
-ORGANIZATION = "canvoy fleet"
-# Certificates start a little in the past so that a clock a few minutes behind accepts them.
-BACKDATE = dt.timedelta(minutes=5)
+
+
+__all__ = [
+    "CA_DAYS",
+    "CRL_DAYS",
+    "DEFAULT_DAYS",
+    "KINDS",
+    "ORGANIZATION",
+    "Identity",
+    "IdentityKind",
+    "ca_cert_path",
+    "ca_key_path",
+    "certify",
+    "check_hosts",
+    "check_unique",
+    "crl_path",
+    "identities",
+    "identity_dir",
+    "init_ca",
+    "issue",
+    "issued_dir",
+    "issued_serials",
+    "kinds_of",
+    "lifetime",
+    "load_ca",
+    "load_certificate",
+    "load_crl",
+    "require_identity",
+    "resign_crl",
+    "revoke",
+    "subject",
+    "tls_files",
+    "write_key",
+    "write_public",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -55,52 +103,6 @@ class Identity:
         return self.key_path.is_file()
 
 
-def ca_cert_path(root: Path) -> Path:
-    """Where the CA certificate lives: what every client and the broker trust."""
-    return root / "ca.pem"
-
-
-def ca_key_path(root: Path) -> Path:
-    """Where the CA private key lives (keep this directory off vehicles and brokers)."""
-    return root / "ca" / "key.pem"
-
-
-def crl_path(root: Path) -> Path:
-    """Where the certificate revocation list lives."""
-    return root / "crl.pem"
-
-
-def identity_dir(root: Path, kind: IdentityKind, name: str) -> Path:
-    """``DIR/<kind>/<name>``: holds ``key.pem`` and ``cert.pem``."""
-    return root / kind / name
-
-
-def tls_files(root: Path, kind: IdentityKind, name: str) -> TlsFiles:
-    """The fleet CA and ``kind``/``name``'s certificate and key, for a TLS client context."""
-    folder = identity_dir(root, kind, name)
-    return TlsFiles(ca=ca_cert_path(root), cert=folder / "cert.pem", key=folder / "key.pem")
-
-
-def require_identity(root: Path, kind: IdentityKind, name: str) -> Path:
-    """The folder of ``kind``/``name``, after checking the CA, certificate and key are there.
-
-    Raises:
-        PKIError: a file is missing; the message says how to issue it.
-    """
-    folder = identity_dir(root, kind, name)
-    for needed in (ca_cert_path(root), folder / "cert.pem", folder / "key.pem"):
-        if not needed.exists():
-            raise PKIError(
-                f"{needed} does not exist: issue it with "
-                f"'canvoy certs issue {kind} {name} --dir {root}'"
-            )
-    return folder
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
 def lifetime(
     kind: IdentityKind, *, days: int | None = None, hours: int | None = None
 ) -> dt.timedelta:
@@ -120,74 +122,6 @@ def lifetime(
     if hours is not None:
         return dt.timedelta(hours=hours)
     return dt.timedelta(days=days if days is not None else DEFAULT_DAYS[kind])
-
-
-def kinds_of(root: Path, name: str) -> list[IdentityKind]:
-    """The kinds under which ``name`` exists in the PKI (a folder with a key or certificate)."""
-    return [
-        kind
-        for kind in KINDS
-        if any((identity_dir(root, kind, name) / f).exists() for f in ("cert.pem", "key.pem"))
-    ]
-
-
-def check_unique(root: Path, kind: IdentityKind, name: str) -> None:
-    """Refuse ``name`` for ``kind`` when it is already another kind's identity.
-
-    One name is one identity: a device may never share a name with a bridge or an operator.
-
-    Raises:
-        PKIError: ``name`` exists under another kind; the message names it.
-    """
-    others = [k for k in kinds_of(root, name) if k != kind]
-    if others:
-        raise PKIError(
-            f"{name!r} is already a {others[0]} identity in {str(root)!r} "
-            f"({identity_dir(root, others[0], name)}): names are unique across kinds; "
-            f"choose another name for the {kind}"
-        )
-
-
-def write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, force: bool = False) -> None:
-    """Write ``key`` as unencrypted PKCS#8 PEM, mode 0600, atomically.
-
-    Raises:
-        PKIError: ``path`` exists and ``force`` is false.
-    """
-    if path.exists() and not force:
-        raise PKIError(f"key {str(path)!r} already exists: use --force to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def write_public(path: Path, pem: bytes) -> None:
-    """Write a certificate, CRL or request (mode 0644), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(pem)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def subject(common_name: str, unit: str) -> x509.Name:
-    """``O=canvoy fleet, OU=<unit>, CN=<common_name>``: the subject of every identity."""
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
 
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
@@ -220,7 +154,7 @@ def init_ca(root: Path, *, force: bool = False, days: int = CA_DAYS) -> Path:
         )
     key = ec.generate_private_key(ec.SECP256R1())
     name = subject("canvoy fleet root CA", "ca")
-    now = _now()
+    now = utcnow()
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -236,22 +170,8 @@ def init_ca(root: Path, *, force: bool = False, days: int = CA_DAYS) -> Path:
     )
     write_key(ca_key_path(root), key, force=True)
     write_public(ca_cert_path(root), cert.public_bytes(serialization.Encoding.PEM))
-    _write_crl(root, key, cert, [])
+    write_crl(root, key, cert, [])
     return ca_cert_path(root)
-
-
-def load_ca(root: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """Load the CA key and certificate.
-
-    Raises:
-        PKIError: there is no CA under ``root`` or it cannot be read.
-    """
-    if not ca_cert_path(root).is_file() or not ca_key_path(root).is_file():
-        raise PKIError(f"no fleet CA in {str(root)!r}: run 'canvoy certs init --dir {root}' first")
-    key = serialization.load_pem_private_key(ca_key_path(root).read_bytes(), password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PKIError(f"CA key {str(ca_key_path(root))!r} is not an EC key")
-    return key, x509.load_pem_x509_certificate(ca_cert_path(root).read_bytes())
 
 
 def _sans(kind: IdentityKind, name: str, hosts: Iterable[str]) -> list[x509.GeneralName]:
@@ -335,7 +255,7 @@ def certify(
         raise PKIError(f"{kind} {name!r}: the key must be ECDSA P-256")
     hosts = list(hosts)
     ca_key, ca_cert = load_ca(root)
-    now = _now()
+    now = utcnow()
     usage = ExtendedKeyUsageOID.SERVER_AUTH if kind == "broker" else ExtendedKeyUsageOID.CLIENT_AUTH
     not_after = min(now + valid_for, ca_cert.not_valid_after_utc)
     cert = (
@@ -358,8 +278,37 @@ def certify(
     )
     folder = identity_dir(root, kind, name)
     cert_path = folder / "cert.pem"
-    write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    # Every certificate an identity ever had, so that revoking it revokes them all: a renewal
+    # keeps the key, and the previous certificate stays valid until it expires.
+    # Kept outside the identity's folder, so that a directory of current device certificates
+    # (the bridge's known_devices) never holds old ones.
+    write_public(issued_dir(root, kind, name) / f"{cert.serial_number:x}.pem", pem)
+    write_public(cert_path, pem)
     return _identity(kind, cert, cert_path, revoked=False)
+
+
+def issued_dir(root: Path, kind: IdentityKind, name: str) -> Path:
+    """``DIR/issued/<kind>/<name>``: a copy of every certificate issued to that identity."""
+    return root / "issued" / kind / name
+
+
+def issued_serials(root: Path, kind: IdentityKind, name: str) -> set[int]:
+    """The serials of every certificate issued to ``kind``/``name``, the current one included."""
+    found = issued_dir(root, kind, name).glob("*.pem")
+    serials = {int(p.stem, 16) for p in found if _is_hex(p.stem)}
+    current = identity_dir(root, kind, name) / "cert.pem"
+    if current.is_file():
+        serials.add(load_certificate(current).serial_number)
+    return serials
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
 
 
 def _identity(
@@ -378,76 +327,6 @@ def _identity(
     )
 
 
-def load_certificate(path: Path) -> x509.Certificate:
-    """Read one PEM certificate.
-
-    Raises:
-        PKIError: the file cannot be read or is not a PEM certificate.
-    """
-    try:
-        return x509.load_pem_x509_certificate(path.read_bytes())
-    except OSError as exc:
-        raise PKIError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise PKIError(f"{str(path)!r} is not a PEM certificate: {exc}") from exc
-
-
-def load_crl(root: Path) -> x509.CertificateRevocationList | None:
-    """The current CRL, or None when there is none yet.
-
-    Raises:
-        PKIError: the file is not a PEM CRL.
-    """
-    path = crl_path(root)
-    if not path.is_file():
-        return None
-    try:
-        return x509.load_pem_x509_crl(path.read_bytes())
-    except ValueError as exc:
-        raise PKIError(
-            f"{str(path)!r} is not a PEM CRL: restore it from the CA host's copy"
-        ) from exc
-
-
-def _write_crl(
-    root: Path,
-    ca_key: ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate,
-    revoked: list[x509.RevokedCertificate],
-    *,
-    days: int = CRL_DAYS,
-) -> x509.CertificateRevocationList:
-    now = _now()
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca_cert.subject)
-        .last_update(now - BACKDATE)
-        .next_update(now + dt.timedelta(days=days))
-    )
-    for entry in revoked:
-        builder = builder.add_revoked_certificate(entry)
-    crl = builder.sign(ca_key, hashes.SHA256())
-    write_public(crl_path(root), crl.public_bytes(serialization.Encoding.PEM))
-    return crl
-
-
-def resign_crl(root: Path, *, days: int = CRL_DAYS) -> x509.CertificateRevocationList:
-    """Sign the CRL again with the same revoked serials and a next update ``days`` from now.
-
-    Run it on the CA host before the next update (a cron job or timer), then copy ``crl.pem``
-    to the brokers and bridges: a CRL past its next update makes Mosquitto refuse everyone.
-
-    Raises:
-        PKIError: no CA, or ``days`` is not positive.
-    """
-    if isinstance(days, bool) or days <= 0:
-        raise PKIError(f"--days {days} is invalid: the CRL must be valid for a positive number")
-    ca_key, ca_cert = load_ca(root)
-    current = load_crl(root)
-    entries = list(current) if current is not None else []
-    return _write_crl(root, ca_key, ca_cert, entries, days=days)
-
-
 def identities(root: Path) -> list[Identity]:
     """Every identity issued under ``root``, with its revocation state from the CRL."""
     crl = load_crl(root)
@@ -460,8 +339,11 @@ def identities(root: Path) -> list[Identity]:
     return found
 
 
-def revoke(root: Path, name: str, kind: IdentityKind | None = None) -> Identity:
-    """Revoke the current certificate of ``name`` and rewrite the CRL.
+def revoke(
+    root: Path, name: str, kind: IdentityKind | None = None, *, previous: bool = False
+) -> Identity:
+    """Revoke every certificate issued to ``name`` (with ``previous``: all but the current one,
+    to retire old certificates after a key change) and rewrite the CRL.
 
     Raises:
         PKIError: no such identity, or the name exists under several kinds and ``kind`` is None.
@@ -476,19 +358,13 @@ def revoke(root: Path, name: str, kind: IdentityKind | None = None) -> Identity:
     target = matches[0]
     crl = load_crl(root)
     entries = list(crl) if crl is not None else []
-    if target.serial not in {e.serial_number for e in entries}:
+    serials = issued_serials(root, target.kind, target.name)
+    if previous:
+        serials.discard(target.serial)
+    listed = {e.serial_number for e in entries}
+    for serial in sorted(serials - listed):
         entries.append(
-            x509.RevokedCertificateBuilder()
-            .serial_number(target.serial)
-            .revocation_date(_now())
-            .build()
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(utcnow()).build()
         )
-    _write_crl(root, ca_key, ca_cert, entries, days=_crl_days(crl))
-    return dataclasses.replace(target, revoked=True)
-
-
-def _crl_days(crl: x509.CertificateRevocationList | None) -> int:
-    """Keep the CRL's cadence (``certs crl --days``) when it is rewritten for a revocation."""
-    if crl is None or crl.next_update_utc is None:
-        return CRL_DAYS
-    return max(1, round((crl.next_update_utc - crl.last_update_utc).total_seconds() / 86400))
+    write_crl(root, ca_key, ca_cert, entries, days=crl_days(crl))
+    return dataclasses.replace(target, revoked=not previous)

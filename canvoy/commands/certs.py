@@ -46,6 +46,11 @@ def _add_making(actions: Any) -> None:
     revoke = actions.add_parser("revoke", help="revoke an identity and rewrite the CRL")
     revoke.add_argument("name")
     revoke.add_argument("--kind", choices=pki.KINDS, help="when the name exists under two kinds")
+    revoke.add_argument(
+        "--previous",
+        action="store_true",
+        help="revoke only the certificates before the current one (after renew --new-key)",
+    )
     _dir(revoke)
     revoke.set_defaults(func=_revoke)
 
@@ -195,9 +200,10 @@ def _renew(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    ident = pki.revoke(args.dir, args.name, args.kind)
+    ident = pki.revoke(args.dir, args.name, args.kind, previous=args.previous)
+    which = "the earlier certificates of" if args.previous else "every certificate of"
     print(
-        f"revoked {ident.kind} {ident.name} (serial {ident.serial:x}); CRL rewritten at "
+        f"revoked {which} {ident.kind} {ident.name}; CRL rewritten at "
         f"{pki.crl_path(args.dir)}; copy it to the brokers and bridges and send the broker SIGHUP"
     )
     return 0

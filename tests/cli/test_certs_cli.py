@@ -243,3 +243,18 @@ def test_list_json_carries_dates_and_the_crl(
     assert ident["name"] == "car-1" and ident["revoked"] is False
     assert 9 < ident["days_left"] <= 10 and ident["not_before"] < ident["not_after"]
     assert ident["subject"] == "CN=car-1,OU=device,O=canvoy fleet"
+
+
+def test_revoke_covers_every_certificate_and_previous_keeps_the_current(root: Path) -> None:
+    first = pki.issue(root, "device", "car-1")
+    second = enrol.renew(root, "device", "car-1", new_key=True)
+    pki.revoke(root, "car-1", previous=True)
+    crl = pki.load_crl(root)
+    assert crl is not None and {e.serial_number for e in crl} == {first.serial}
+    assert not [i for i in pki.identities(root) if i.revoked]
+    third = enrol.renew(root, "device", "car-1")
+    pki.revoke(root, "car-1")
+    crl = pki.load_crl(root)
+    assert crl is not None
+    assert {e.serial_number for e in crl} == {first.serial, second.serial, third.serial}
+    assert not list((root / "device").rglob("issued"))  # history lives outside device/

@@ -12,8 +12,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from canvoy.certs import pki
+from canvoy.certs import enrol, pki
+from canvoy.errors import ConnectRefusedError
 from canvoy.transport.mqtt import Connection, Message
+from canvoy.wire.tls import TlsFiles
 from tests.conftest import RunningBroker
 from tests.identitykit import fleet_subject, handmade
 from tests.waiting import wait_for
@@ -199,3 +201,27 @@ def test_tail_says_when_its_session_is_taken_over(broker: RunningBroker, tmp_pat
     assert "took over this session" in text or "Session taken over" in text, text
     assert "identity of their own" in text, text
     assert "Traceback" not in text
+
+
+def test_revoking_a_renewed_identity_also_refuses_its_earlier_certificate(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    folder = pki.identity_dir(broker.certs, "device", "car-2")
+    old = tmp_path / "old-cert.pem"
+    old.write_bytes((folder / "cert.pem").read_bytes())
+    enrol.renew(broker.certs, "device", "car-2", days=365)
+    pki.revoke(broker.certs, "car-2")
+    broker.broker.reload()
+    stale = TlsFiles(ca=pki.ca_cert_path(broker.certs), cert=old, key=folder / "key.pem")
+
+    def refused() -> bool:
+        conn = Connection(client_id="car-2", tls=stale.context())
+        try:
+            conn.connect(broker.host, broker.port, timeout_s=5)
+        except ConnectRefusedError:
+            return True
+        conn.close()
+        return False
+
+    wait_for(refused, what="the pre-renewal certificate to be refused")
+    assert broker.connect("device", "car-1").connected
