@@ -13,7 +13,7 @@ import pytest
 
 from canvoy.agent.outbox import open_status
 from canvoy.certs import pki
-from canvoy.errors import TransportError
+from canvoy.errors import StoreError, TransportError
 from canvoy.transport.mqtt import Connection
 from canvoy.wire.tls import TlsFiles
 from tests.agentkit import REPO, TEST_DBC, Recorder, drive_log, start_agent, stop
@@ -48,6 +48,14 @@ def _authorized(broker: RunningBroker, device: str, tls_files: TlsFiles) -> bool
     finally:
         if conn.connected:
             conn.close()
+
+
+def _depth(outbox: Path) -> int:
+    """Envelopes waiting; 0 while the starting agent has not created its outbox yet."""
+    try:
+        return open_status(outbox).depth
+    except StoreError:
+        return 0
 
 
 def test_request_sign_then_agent_delivers_and_the_ca_never_holds_the_key(
@@ -128,11 +136,7 @@ mqtt: {{host: 127.0.0.1, port: {broker.port}, reconnect_min_s: 0.2, reconnect_ma
     recorder = Recorder(broker)
     agent = start_agent(config, agent_log)
     try:
-        wait_for(
-            lambda: outbox.exists() and open_status(outbox).depth >= 3,
-            timeout_s=30,
-            what="collection",
-        )
+        wait_for(lambda: _depth(outbox) >= 3, timeout_s=30, what="collection")
         text = agent_log.read_text()
         assert "not connecting" in text and "expired" in text and "certs renew" in text
         assert agent.poll() is None and recorder.seqs == []
