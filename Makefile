@@ -54,6 +54,7 @@ bench: setup
 	$(BIN)/python bench/decode.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/bridge.py
+	$(BIN)/python bench/renewal.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-run

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from canvoy.agent.credentials import CertificateProblemError, Credentials
 from canvoy.agent.outbox import Outbox, Row
 from canvoy.errors import (
     ConfigError,
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 AWS_MAX_PUBLISHES_PER_S = 100
 AWS_MAX_BYTES_PER_S = 512 * 1024
 RECEIPT_SESSION_S = 7 * 24 * 3600
+CERTIFICATE_POLL_S = 1.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,10 +109,10 @@ class PublishStats:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """The device id and what it connects with."""
+    """The device id and what it connects with (its TLS files, read at each attempt)."""
 
     device: str
-    tls: ssl.SSLContext
+    credentials: Credentials
 
 
 class Publisher:
@@ -209,25 +210,58 @@ class Publisher:
             else:
                 log.warning("cannot connect: %s; retrying in %.1f s", error, wait)
 
-        try:
-            return retry_until_stopped(
-                self._connect_once,
-                retry_on=TransportError,
-                stop=self._stop,
-                initial_s=c.reconnect_min_s,
-                max_s=c.reconnect_max_s,
-                jitter_s=c.reconnect_min_s,
-                on_retry=note,
-            )
-        except StoppedError:
-            return None
+        while self._await_certificate():
+            try:
+                return retry_until_stopped(
+                    self._connect_once,
+                    retry_on=TransportError,
+                    stop=self._stop,
+                    initial_s=c.reconnect_min_s,
+                    max_s=c.reconnect_max_s,
+                    jitter_s=c.reconnect_min_s,
+                    on_retry=note,
+                )
+            except CertificateProblemError:
+                continue  # expired or replaced between attempts: wait for usable files again
+            except StoppedError:
+                return None
+        return None
+
+    def _await_certificate(self) -> bool:
+        """Wait until the certificate and key on disk are usable; False when stopped.
+
+        Collection goes on meanwhile (the outbox fills). The files are looked at every
+        second, so a renewed certificate is used at once; the reason and its fix are logged
+        at the first attempt, when they change, and then once per ``reconnect_max_s``.
+        """
+        logged, next_log = "", 0.0
+        while not self._stop.is_set():
+            try:
+                self.identity.credentials.load()
+            except CertificateProblemError as exc:
+                self.stats.last_error = str(exc)
+                now = self._clock()
+                if str(exc) != logged or now >= next_log:
+                    log.error("not connecting: %s", exc)
+                    logged, next_log = str(exc), now + self.config.reconnect_max_s
+                self._stop.wait(CERTIFICATE_POLL_S)
+                continue
+            if logged:
+                log.warning(
+                    "certificate %s is usable again: connecting",
+                    self.identity.credentials.files.cert,
+                )
+            return True
+        return False
 
     def _connect_once(self) -> Connection:
         device = self.identity.device
         status_topic = topic(device, "status")
+        # Checked again at every attempt: the certificate may have expired since the last one.
+        tls = self.identity.credentials.load().context
         conn = Connection(
             client_id=device,
-            tls=self.identity.tls,
+            tls=tls,
             # A session keeps receipts that bridges send while the vehicle is offline. Our own
             # publishes never rely on it: unacknowledged rows are re-sent from the outbox.
             clean_start=False,

@@ -18,6 +18,7 @@ from canvoy import __version__
 from canvoy.agent.batch import Batcher
 from canvoy.agent.buses import BusConfig
 from canvoy.agent.config import AgentConfig, load_device_key
+from canvoy.agent.credentials import Credentials
 from canvoy.agent.diagnostics import DtcWatcher
 from canvoy.agent.ingest import Ingest, OnOpen
 from canvoy.agent.j1939 import Dm1Watcher
@@ -53,7 +54,9 @@ class Agent:
         """
         self.config = config
         self.boot = os.urandom(16)
-        self.key, self.cert_pem = load_device_key(config)
+        self.key, cert_pem = load_device_key(config)
+        # Read again before each connection: an expired certificate does not stop collection.
+        self.credentials = Credentials(config.device, config.tls, self.key, cert_pem)
         self.policy = load_policy(config.policy)
         self.outbox = Outbox(config.outbox, device=config.device, boot=self.boot, key=self.key)
         self.batcher = Batcher(config.batch, self.outbox.seal, self.policy.hash)
@@ -70,7 +73,7 @@ class Agent:
         )
         self.publisher = Publisher(
             config.mqtt,
-            Identity(config.device, config.tls.context()),
+            Identity(config.device, self.credentials),
             self.outbox,
             birth=lambda: self._status("online"),
             will=lambda: self._status("offline"),
@@ -113,7 +116,7 @@ class Agent:
                 state=state,
                 agent=__version__,
                 policy=self.policy.hash,
-                cert_pem=self.cert_pem,
+                cert_pem=self.credentials.cert_pem,
                 outbox_depth=self.outbox.depth(),
             )
         )

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from canvoy.certs import pki
-from canvoy.errors import BrokerError
+from canvoy.errors import BrokerError, PKIError
 from canvoy.wire.topics import FLEET_PREFIX, PREFIX
 
 # A bridge restarting for minutes at fleet rate must not lose messages: Mosquitto's default
@@ -53,13 +53,16 @@ class BrokerSettings:
 def render_acl(identities: list[pki.Identity]) -> str:
     """The ACL text: each identity gets exactly its rights, nobody else gets anything.
 
-    Revoked identities get no rules (the CRL already keeps them out; this is a second lock).
+    The broker's username is the certificate's whole subject (``use_subject_as_username``),
+    ``CN=<name>,OU=<kind>,O=canvoy fleet``: the kind is part of the name the rules are keyed
+    on, so a device certificate never gets a bridge's or an operator's rights, even with the
+    same CN. Revoked identities get no rules (the CRL already keeps them out; a second lock).
     """
     lines = ["# Written by 'canvoy broker' from the fleet PKI. Do not edit: it is rewritten.", ""]
     for ident in identities:
         if ident.revoked or ident.kind == "broker":
             continue
-        lines.append(f"user {ident.name}")
+        lines.append(f"user {username(ident)}")
         if ident.kind == "device":
             base = f"{PREFIX}/{ident.name}"
             lines += [
@@ -78,6 +81,12 @@ def render_acl(identities: list[pki.Identity]) -> str:
             lines += [f"topic read {FLEET_PREFIX}/#", f"topic read {PREFIX}/+/#"]
         lines.append("")
     return "\n".join(lines)
+
+
+def username(ident: pki.Identity) -> str:
+    """The username (and client id) Mosquitto gives ``ident``'s connections: its subject as
+    OpenSSL prints it in RFC 2253 form, which is what ``rfc4514_string`` writes."""
+    return pki.subject(ident.name, ident.kind).rfc4514_string()
 
 
 def render_conf(settings: BrokerSettings) -> str:
@@ -112,7 +121,10 @@ def render_conf(settings: BrokerSettings) -> str:
         f"keyfile {broker_dir / 'key.pem'}",
         f"crlfile {pki.crl_path(certs)}",
         "require_certificate true",
-        "use_identity_as_username true",
+        # Username = the certificate's subject (kind and name), and the client id = the username:
+        # no connection can take another identity's client id or persistent session.
+        "use_subject_as_username true",
+        "use_username_as_clientid true",
         "tls_version tlsv1.2",
         "set_tcp_nodelay true",
         "",
@@ -128,7 +140,12 @@ def write_config(settings: BrokerSettings) -> Path:
         PKIError: there is no fleet CA.
     """
     certs = settings.certs
-    pki.load_ca(certs)
+    # Only the CA certificate: the CA's private key stays on the CA host (docs/SECURITY.md).
+    if not pki.ca_cert_path(certs).is_file():
+        raise PKIError(
+            f"no fleet CA certificate at {str(pki.ca_cert_path(certs))!r}: copy ca.pem from "
+            f"the CA host, or run 'canvoy certs init --certs {certs}' for a new fleet"
+        )
     cert = pki.identity_dir(certs, "broker", settings.broker_name) / "cert.pem"
     if not cert.is_file():
         raise BrokerError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import signal
 import socket
@@ -12,7 +13,14 @@ from types import FrameType
 from typing import IO
 
 from canvoy.broker.config import BrokerSettings, write_acl, write_config
+from canvoy.certs import pki
+from canvoy.certs.health import log_crl_freshness
 from canvoy.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+# How often a running broker looks at its CRL's next update (and at each SIGHUP).
+CRL_CHECK_S = 3600.0
 
 INSTALL_HINT = (
     "Mosquitto is not installed: on Debian, Ubuntu or Raspberry Pi OS run "
@@ -129,9 +137,12 @@ class Broker:
         proc.kill()
         proc.wait()
 
-    def wait(self) -> int:
-        """Block until Mosquitto exits; return its exit code."""
-        return self._require().wait()
+    def wait(self, timeout_s: float | None = None) -> int | None:
+        """Block until Mosquitto exits and return its exit code (None after ``timeout_s``)."""
+        try:
+            return self._require().wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
 
     def _require(self) -> subprocess.Popen[bytes]:
         if self._proc is None:
@@ -146,10 +157,12 @@ def run_foreground(settings: BrokerSettings) -> int:
         BrokerError: Mosquitto cannot be started.
     """
     broker = Broker(settings)
+    check_crl(settings)
     broker.start()
 
     def on_hup(_signum: int, _frame: FrameType | None) -> None:
         broker.reload()
+        check_crl(settings)
 
     def on_term(_signum: int, _frame: FrameType | None) -> None:
         # Only signal here: the main thread is inside wait() and reaps the process.
@@ -158,9 +171,18 @@ def run_foreground(settings: BrokerSettings) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
-    code = broker.wait()
+    code = broker.wait(CRL_CHECK_S)
+    while code is None:
+        check_crl(settings)
+        code = broker.wait(CRL_CHECK_S)
     # Mosquitto exits 0 on SIGTERM; a negative code means it was killed.
     return 0 if code in (0, -signal.SIGTERM) else code
+
+
+def check_crl(settings: BrokerSettings) -> None:
+    """Warn within 7 days of the CRL's next update, and log an error after it: from then on
+    Mosquitto refuses every client until a re-signed CRL arrives."""
+    log_crl_freshness(pki.crl_path(settings.certs), log, certs=str(settings.certs))
 
 
 def data_dir_default(certs: Path) -> Path:

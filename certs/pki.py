@@ -1,27 +1,44 @@
-"""Make and read the fleet PKI on disk; the layout is described in certs/README.md."""
+"""Make the fleet PKI: the CA, identities and revocations (layout in certs/README.md and
+``canvoy.certs.layout``; the CRL in ``canvoy.certs.crl``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import ipaddress
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from canvoy.certs.crl import CRL_DAYS, crl_days, load_crl, resign_crl, write_crl
+from canvoy.certs.layout import (
+    BACKDATE,
+    KINDS,
+    ORGANIZATION,
+    IdentityKind,
+    ca_cert_path,
+    ca_key_path,
+    check_unique,
+    crl_path,
+    identity_dir,
+    kinds_of,
+    load_ca,
+    load_certificate,
+    require_identity,
+    subject,
+    tls_files,
+    utcnow,
+    write_key,
+    write_public,
+)
 from canvoy.errors import PKIError
 from canvoy.wire.ids import check_id
-from canvoy.wire.tls import TlsFiles
 
-IdentityKind = Literal["broker", "device", "bridge", "operator"]
-KINDS: tuple[IdentityKind, ...] = get_args(IdentityKind)
 CA_DAYS = 3650
 DEFAULT_DAYS: dict[IdentityKind, int] = {
     "broker": 825,
@@ -29,8 +46,41 @@ DEFAULT_DAYS: dict[IdentityKind, int] = {
     "bridge": 825,
     "operator": 365,
 }
-CRL_DAYS = 365
-ORGANIZATION = "canvoy fleet"
+
+
+__all__ = [
+    "CA_DAYS",
+    "CRL_DAYS",
+    "DEFAULT_DAYS",
+    "KINDS",
+    "ORGANIZATION",
+    "Identity",
+    "IdentityKind",
+    "ca_cert_path",
+    "ca_key_path",
+    "certify",
+    "check_hosts",
+    "check_unique",
+    "crl_path",
+    "identities",
+    "identity_dir",
+    "init_ca",
+    "issue",
+    "issued_dir",
+    "issued_serials",
+    "kinds_of",
+    "lifetime",
+    "load_ca",
+    "load_certificate",
+    "load_crl",
+    "require_identity",
+    "resign_crl",
+    "revoke",
+    "subject",
+    "tls_files",
+    "write_key",
+    "write_public",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,87 +94,34 @@ class Identity:
     revoked: bool
     cert_path: Path
     key_path: Path
+    not_before: dt.datetime | None = None
+    subject: str = ""
+
+    @property
+    def key_at_ca(self) -> bool:
+        """True when the private key was made here (``certs issue``), not enrolled by request."""
+        return self.key_path.is_file()
 
 
-def ca_cert_path(root: Path) -> Path:
-    """Where the CA certificate lives: what every client and the broker trust."""
-    return root / "ca.pem"
-
-
-def ca_key_path(root: Path) -> Path:
-    """Where the CA private key lives (keep this directory off vehicles and brokers)."""
-    return root / "ca" / "key.pem"
-
-
-def crl_path(root: Path) -> Path:
-    """Where the certificate revocation list lives."""
-    return root / "crl.pem"
-
-
-def identity_dir(root: Path, kind: IdentityKind, name: str) -> Path:
-    """``DIR/<kind>/<name>``: holds ``key.pem`` and ``cert.pem``."""
-    return root / kind / name
-
-
-def tls_files(root: Path, kind: IdentityKind, name: str) -> TlsFiles:
-    """The fleet CA and ``kind``/``name``'s certificate and key, for a TLS client context."""
-    folder = identity_dir(root, kind, name)
-    return TlsFiles(ca=ca_cert_path(root), cert=folder / "cert.pem", key=folder / "key.pem")
-
-
-def require_identity(root: Path, kind: IdentityKind, name: str) -> Path:
-    """The folder of ``kind``/``name``, after checking the CA, certificate and key are there.
+def lifetime(
+    kind: IdentityKind, *, days: int | None = None, hours: int | None = None
+) -> dt.timedelta:
+    """How long a new ``kind`` certificate is valid: ``days`` or ``hours``, else the default.
 
     Raises:
-        PKIError: a file is missing; the message says how to issue it.
+        PKIError: ``days`` or ``hours`` is not a positive whole number, or both are given.
     """
-    folder = identity_dir(root, kind, name)
-    for needed in (ca_cert_path(root), folder / "cert.pem", folder / "key.pem"):
-        if not needed.exists():
+    if days is not None and hours is not None:
+        raise PKIError("give --days or --hours, not both")
+    for value, unit in ((days, "days"), (hours, "hours")):
+        if value is not None and (isinstance(value, bool) or value <= 0):
             raise PKIError(
-                f"{needed} does not exist: issue it with "
-                f"'canvoy certs issue {kind} {name} --dir {root}'"
+                f"--{unit} {value} is invalid: a certificate must be valid for a positive "
+                "number of days (or --hours N for a short-lived one)"
             )
-    return folder
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey, *, force: bool) -> None:
-    if path.exists() and not force:
-        raise PKIError(f"key {str(path)!r} already exists: use --force to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(pem)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
-def _write_public(path: Path, pem: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(pem)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def _name(common_name: str, unit: str) -> x509.Name:
-    return x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, ORGANIZATION),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, unit),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
+    if hours is not None:
+        return dt.timedelta(hours=hours)
+    return dt.timedelta(days=days if days is not None else DEFAULT_DAYS[kind])
 
 
 def _key_usage(*, ca: bool) -> x509.KeyUsage:
@@ -146,20 +143,22 @@ def init_ca(root: Path, *, force: bool = False, days: int = CA_DAYS) -> Path:
     """Create the fleet root CA (and an empty CRL) under ``root``.
 
     Raises:
-        PKIError: a CA already exists and ``force`` is false.
+        PKIError: a CA already exists and ``force`` is false, or ``days`` is not positive.
     """
+    if isinstance(days, bool) or days <= 0:
+        raise PKIError(f"--days {days} is invalid: the CA must be valid for a positive number")
     if ca_cert_path(root).exists() and not force:
         raise PKIError(
             f"a fleet CA already exists at {str(ca_cert_path(root))!r}: use --force to replace it "
             "(every certificate it issued stops working)"
         )
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = _name("canvoy fleet root CA", "ca")
-    now = _now()
+    name = subject("canvoy fleet root CA", "ca")
+    now = utcnow()
     cert = (
         x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
+        .subject_name(name)
+        .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
@@ -169,24 +168,10 @@ def init_ca(root: Path, *, force: bool = False, days: int = CA_DAYS) -> Path:
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
-    _write_key(ca_key_path(root), key, force=True)
-    _write_public(ca_cert_path(root), cert.public_bytes(serialization.Encoding.PEM))
-    _write_crl(root, key, cert, [])
+    write_key(ca_key_path(root), key, force=True)
+    write_public(ca_cert_path(root), cert.public_bytes(serialization.Encoding.PEM))
+    write_crl(root, key, cert, [])
     return ca_cert_path(root)
-
-
-def load_ca(root: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """Load the CA key and certificate.
-
-    Raises:
-        PKIError: there is no CA under ``root`` or it cannot be read.
-    """
-    if not ca_cert_path(root).is_file() or not ca_key_path(root).is_file():
-        raise PKIError(f"no fleet CA in {str(root)!r}: run 'canvoy certs init --dir {root}' first")
-    key = serialization.load_pem_private_key(ca_key_path(root).read_bytes(), password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PKIError(f"CA key {str(ca_key_path(root))!r} is not an EC key")
-    return key, x509.load_pem_x509_certificate(ca_cert_path(root).read_bytes())
 
 
 def _sans(kind: IdentityKind, name: str, hosts: Iterable[str]) -> list[x509.GeneralName]:
@@ -206,6 +191,7 @@ def issue(
     *,
     hosts: Iterable[str] = (),
     days: int | None = None,
+    hours: int | None = None,
     force: bool = False,
 ) -> Identity:
     """Issue a key and certificate for ``kind``/``name`` signed by the fleet CA.
@@ -215,32 +201,70 @@ def issue(
 
     Raises:
         InvalidIdentityError: ``name`` is not a valid identity name.
-        PKIError: no CA, or the key exists and ``force`` is false.
+        PKIError: no CA, ``name`` is another kind's, the validity is not positive, or the key
+            exists and ``force`` is false.
     """
     check_id(name, f"{kind} name")
-    hosts = list(hosts)
-    if kind == "broker" and not hosts:
-        raise PKIError("a broker certificate needs at least one --host (e.g. --host localhost)")
-    ca_key, ca_cert = load_ca(root)
+    valid_for = lifetime(kind, days=days, hours=hours)
+    check_unique(root, kind, name)
     folder = identity_dir(root, kind, name)
-    key_path, cert_path = folder / "key.pem", folder / "cert.pem"
-    if key_path.exists() and not force:
+    key_path = folder / "key.pem"
+    if (key_path.exists() or (folder / "cert.pem").exists()) and not force:
         raise PKIError(
-            f"{kind} {name!r} already exists in {str(folder)!r}: use --force to replace its key"
+            f"{kind} {name!r} already exists in {str(folder)!r}: use --force to replace its key, "
+            f"or 'canvoy certs renew {kind} {name}' to keep it"
         )
+    load_ca(root)
+    check_hosts(kind, hosts)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = _now()
+    write_key(key_path, key, force=True)
+    return certify(root, kind, name, key.public_key(), hosts=hosts, valid_for=valid_for)
+
+
+def check_hosts(kind: IdentityKind, hosts: Iterable[str]) -> None:
+    """A broker certificate names the hosts clients reach it by.
+
+    Raises:
+        PKIError: ``kind`` is broker and ``hosts`` is empty.
+    """
+    if kind == "broker" and not list(hosts):
+        raise PKIError("a broker certificate needs at least one --host (e.g. --host localhost)")
+
+
+def certify(
+    root: Path,
+    kind: IdentityKind,
+    name: str,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    hosts: Iterable[str],
+    valid_for: dt.timedelta,
+) -> Identity:
+    """Sign a certificate for ``public_key`` as ``kind``/``name`` and write it to the PKI.
+
+    The one place certificates are made: ``issue`` (key made here), ``sign`` (key from a
+    request) and ``renew`` (key of the current certificate) all come through here. The CA
+    never sees the identity's private key.
+
+    Raises:
+        PKIError: no CA, or the key is not ECDSA P-256.
+    """
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or public_key.curve.name != (
+        "secp256r1"
+    ):
+        raise PKIError(f"{kind} {name!r}: the key must be ECDSA P-256")
+    hosts = list(hosts)
+    ca_key, ca_cert = load_ca(root)
+    now = utcnow()
     usage = ExtendedKeyUsageOID.SERVER_AUTH if kind == "broker" else ExtendedKeyUsageOID.CLIENT_AUTH
-    not_after = min(
-        now + dt.timedelta(days=days or DEFAULT_DAYS[kind]), ca_cert.not_valid_after_utc
-    )
+    not_after = min(now + valid_for, ca_cert.not_valid_after_utc)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(name, kind))
+        .subject_name(subject(name, kind))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(now - BACKDATE)
         .not_valid_after(not_after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(ca=False), critical=True)
@@ -252,42 +276,55 @@ def issue(
         )
         .sign(ca_key, hashes.SHA256())
     )
-    _write_key(key_path, key, force=True)
-    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    folder = identity_dir(root, kind, name)
+    cert_path = folder / "cert.pem"
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    # Every certificate an identity ever had, so that revoking it revokes them all: a renewal
+    # keeps the key, and the previous certificate stays valid until it expires.
+    # Kept outside the identity's folder, so that a directory of current device certificates
+    # (the bridge's known_devices) never holds old ones.
+    write_public(issued_dir(root, kind, name) / f"{cert.serial_number:x}.pem", pem)
+    write_public(cert_path, pem)
+    return _identity(kind, cert, cert_path, revoked=False)
+
+
+def issued_dir(root: Path, kind: IdentityKind, name: str) -> Path:
+    """``DIR/issued/<kind>/<name>``: a copy of every certificate issued to that identity."""
+    return root / "issued" / kind / name
+
+
+def issued_serials(root: Path, kind: IdentityKind, name: str) -> set[int]:
+    """The serials of every certificate issued to ``kind``/``name``, the current one included."""
+    found = issued_dir(root, kind, name).glob("*.pem")
+    serials = {int(p.stem, 16) for p in found if _is_hex(p.stem)}
+    current = identity_dir(root, kind, name) / "cert.pem"
+    if current.is_file():
+        serials.add(load_certificate(current).serial_number)
+    return serials
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
+
+
+def _identity(
+    kind: IdentityKind, cert: x509.Certificate, cert_path: Path, *, revoked: bool
+) -> Identity:
     return Identity(
         kind=kind,
-        name=name,
+        name=cert_path.parent.name,
         serial=cert.serial_number,
-        not_after=not_after,
-        revoked=False,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        revoked=revoked,
         cert_path=cert_path,
-        key_path=key_path,
+        key_path=cert_path.parent / "key.pem",
+        subject=cert.subject.rfc4514_string(),
     )
-
-
-def load_crl(root: Path) -> x509.CertificateRevocationList | None:
-    """The current CRL, or None when there is none yet."""
-    path = crl_path(root)
-    return x509.load_pem_x509_crl(path.read_bytes()) if path.is_file() else None
-
-
-def _write_crl(
-    root: Path,
-    ca_key: ec.EllipticCurvePrivateKey,
-    ca_cert: x509.Certificate,
-    revoked: list[x509.RevokedCertificate],
-) -> None:
-    now = _now()
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(ca_cert.subject)
-        .last_update(now - dt.timedelta(minutes=5))
-        .next_update(now + dt.timedelta(days=CRL_DAYS))
-    )
-    for entry in revoked:
-        builder = builder.add_revoked_certificate(entry)
-    crl = builder.sign(ca_key, hashes.SHA256())
-    _write_public(crl_path(root), crl.public_bytes(serialization.Encoding.PEM))
 
 
 def identities(root: Path) -> list[Identity]:
@@ -297,23 +334,16 @@ def identities(root: Path) -> list[Identity]:
     found = []
     for kind in KINDS:
         for cert_path in sorted((root / kind).glob("*/cert.pem")):
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-            found.append(
-                Identity(
-                    kind=kind,
-                    name=cert_path.parent.name,
-                    serial=cert.serial_number,
-                    not_after=cert.not_valid_after_utc,
-                    revoked=cert.serial_number in revoked,
-                    cert_path=cert_path,
-                    key_path=cert_path.parent / "key.pem",
-                )
-            )
+            cert = load_certificate(cert_path)
+            found.append(_identity(kind, cert, cert_path, revoked=cert.serial_number in revoked))
     return found
 
 
-def revoke(root: Path, name: str, kind: IdentityKind | None = None) -> Identity:
-    """Revoke the current certificate of ``name`` and rewrite the CRL.
+def revoke(
+    root: Path, name: str, kind: IdentityKind | None = None, *, previous: bool = False
+) -> Identity:
+    """Revoke every certificate issued to ``name`` (with ``previous``: all but the current one,
+    to retire old certificates after a key change) and rewrite the CRL.
 
     Raises:
         PKIError: no such identity, or the name exists under several kinds and ``kind`` is None.
@@ -328,12 +358,13 @@ def revoke(root: Path, name: str, kind: IdentityKind | None = None) -> Identity:
     target = matches[0]
     crl = load_crl(root)
     entries = list(crl) if crl is not None else []
-    if target.serial not in {e.serial_number for e in entries}:
+    serials = issued_serials(root, target.kind, target.name)
+    if previous:
+        serials.discard(target.serial)
+    listed = {e.serial_number for e in entries}
+    for serial in sorted(serials - listed):
         entries.append(
-            x509.RevokedCertificateBuilder()
-            .serial_number(target.serial)
-            .revocation_date(_now())
-            .build()
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(utcnow()).build()
         )
-    _write_crl(root, ca_key, ca_cert, entries)
-    return dataclasses.replace(target, revoked=True)
+    write_crl(root, ca_key, ca_cert, entries, days=crl_days(crl))
+    return dataclasses.replace(target, revoked=not previous)

@@ -66,18 +66,29 @@ def _reason_value(code: ReasonCode | int) -> int:
 def _hint(reason: str, tls_error: str) -> str:
     text = f"{reason} ({tls_error})" if tls_error else reason
     lowered = text.lower()
+    if "session taken over" in lowered:
+        return (
+            f"{text}: another connection with this same identity (certificate) took over the "
+            "session; give each process and each person an identity of their own "
+            "('canvoy certs issue operator NAME')"
+        )
     if "revoked" in lowered:
         return f"{text}: this certificate is revoked; issue a new identity"
     if "expired" in lowered:
-        return f"{text}: this certificate has expired; renew it with 'canvoy certs issue --force'"
+        return (
+            f"{text}: the broker found an expired certificate or CRL: renew this certificate "
+            "with 'canvoy certs renew', or, if it is valid, re-sign the broker's CRL with "
+            "'canvoy certs crl' and send the broker SIGHUP"
+        )
     if "unknown ca" in lowered or "certificate verify failed" in lowered:
         return f"{text}: the certificate is not from this fleet's CA (or the CA file is wrong)"
     if "not authorized" in lowered or "bad user" in lowered:
         return f"{text}: the broker does not know this identity; reload its ACL (SIGHUP)"
     if "eof occurred" in lowered:
         return (
-            f"{text}: the broker closed the TLS connection; it requires a client certificate "
-            "and key from this fleet's CA"
+            f"{text}: the broker closed the TLS connection: it refused this client's "
+            "certificate (it needs a valid, unrevoked one from this fleet's CA), or its CRL is "
+            "past its next update (run 'canvoy certs check' on the CA host)"
         )
     if "certificate" in lowered or "alert" in lowered:
         return f"{text}: the broker refused this certificate"

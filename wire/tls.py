@@ -31,8 +31,11 @@ class TlsFiles:
         return client_context(ca=self.ca, cert=self.cert, key=self.key)
 
 
-def client_context(*, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+def client_context(*, ca: Path, cert: Path, key: Path, check_dates: bool = True) -> ssl.SSLContext:
     """A client context that presents ``cert``/``key`` and trusts only the fleet CA ``ca``.
+
+    ``check_dates=False`` leaves the certificate's validity to the caller (the agent checks it
+    before each connection, so that it waits for a renewal instead of exiting).
 
     Raises:
         ConfigError: a file is missing or does not hold what it should.
@@ -40,7 +43,8 @@ def client_context(*, ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
     for label, path in (("CA certificate", ca), ("certificate", cert), ("key", key)):
         if not path.is_file():
             raise ConfigError(f"{label} {str(path)!r} does not exist: run 'canvoy certs' first")
-    _check_validity(cert)
+    if check_dates:
+        _check_validity(cert)
     ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
@@ -60,7 +64,7 @@ def _check_validity(path: Path) -> None:
     if cert.not_valid_after_utc < now:
         raise ConfigError(
             f"certificate {str(path)!r} expired on {cert.not_valid_after_utc:%Y-%m-%d}: "
-            "issue a new one with 'canvoy certs issue ... --force'"
+            "renew it on the CA host with 'canvoy certs renew KIND NAME' and copy it here"
         )
     if cert.not_valid_before_utc > now:
         raise ConfigError(

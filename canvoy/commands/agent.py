@@ -88,6 +88,10 @@ def add_parser(sub: Any) -> None:
     init = agent_sub.add_parser("init", help="write a complete, commented agent config")
     init.add_argument("--device", required=True, help="device id (its certificate CN)")
     init.add_argument("--certs", type=Path, required=True, help="fleet PKI directory")
+    init.add_argument(
+        "--key", type=Path, help="the device key, when it is not in the PKI (certs request)"
+    )
+    init.add_argument("--cert", type=Path, help="the device certificate that goes with --key")
     init.add_argument("--broker", required=True, metavar="HOST:PORT")
     init.add_argument("--dbc", type=Path, required=True, action="append", help="repeatable")
     source = init.add_mutually_exclusive_group(required=True)
@@ -135,7 +139,7 @@ def _quote(path: Path) -> str:
 def _init(args: argparse.Namespace) -> int:
     device = check_id(args.device)
     host, port = parse_broker(args.broker)
-    folder = pki.require_identity(args.certs, "device", device)
+    cert_path, key_path = _device_files(args, device)
     if args.output.exists() and not args.force:
         raise ConfigError(f"{args.output} exists: pass --force to overwrite it")
     if args.replay is not None:
@@ -152,8 +156,8 @@ def _init(args: argparse.Namespace) -> int:
     text = CONFIG_TEMPLATE.format(
         device=device,
         ca=_quote(args.certs / "ca.pem"),
-        cert=_quote(folder / "cert.pem"),
-        key=_quote(folder / "key.pem"),
+        cert=_quote(cert_path),
+        key=_quote(key_path),
         bus_name="can0",
         dbc=", ".join(_quote(d) for d in args.dbc),
         source=source,
@@ -167,6 +171,24 @@ def _init(args: argparse.Namespace) -> int:
     load_config(args.output)  # what we wrote must run as is
     print(f"wrote {args.output}; run it with: canvoy agent run --config {args.output}")
     return 0
+
+
+def _device_files(args: argparse.Namespace, device: str) -> tuple[Path, Path]:
+    """The certificate and key: from the PKI, or (enrolled by request) from --cert/--key.
+
+    Raises:
+        ConfigError: only one of --cert/--key, or a file is missing.
+        PKIError: the PKI has no such device.
+    """
+    if args.key is None and args.cert is None:
+        folder = pki.require_identity(args.certs, "device", device)
+        return folder / "cert.pem", folder / "key.pem"
+    if args.key is None or args.cert is None:
+        raise ConfigError("--key and --cert go together: the device's key and its certificate")
+    for path in (pki.ca_cert_path(args.certs), args.cert, args.key):
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist")
+    return args.cert, args.key
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from canvoy.bridge.config import load_config
 from canvoy.bridge.service import Bridge
 from canvoy.certs import pki
+from canvoy.certs.health import log_crl_freshness
 from canvoy.commands.agent import parse_broker
 from canvoy.config import build
 from canvoy.errors import ConfigError
@@ -158,7 +160,9 @@ def _run(args: argparse.Namespace) -> int:
     stopping, hangup = threading.Event(), threading.Event()
     stop_on_signals(stopping.set)
     reload_on_hangup(hangup.set)
-    bridge = Bridge(load_config(args.config))
+    config = load_config(args.config)
+    _check_crl(config.crl)
+    bridge = Bridge(config)
     stop_on_signals(bridge.stop)
     reload_on_hangup(bridge.reload)  # after a revocation, as for the broker
     if stopping.is_set():
@@ -166,6 +170,13 @@ def _run(args: argparse.Namespace) -> int:
     if hangup.is_set():
         bridge.reload()
     return bridge.run()
+
+
+def _check_crl(crl: Path | None) -> None:
+    """At start: warn when the CRL nears its next update, log an error after it (the broker
+    then refuses every client, this bridge included)."""
+    if crl is not None:
+        log_crl_freshness(crl, logging.getLogger("canvoy.bridge"))
 
 
 def _redeliver(args: argparse.Namespace) -> int:

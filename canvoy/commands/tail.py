@@ -16,7 +16,7 @@ from canvoy.bridge.records import Record, records
 from canvoy.bridge.verify import Verifier
 from canvoy.certs import pki
 from canvoy.commands.agent import parse_broker
-from canvoy.errors import ConfigError
+from canvoy.errors import ConfigError, ConnectionLostError
 from canvoy.transport.mqtt import Connection, Message
 from canvoy.wire.errors import EnvelopeError
 from canvoy.wire.keys import DeviceKeys
@@ -64,6 +64,33 @@ def _show(console: Console, record: Record, signal_glob: str | None) -> None:
         console.print(f"{head} {d['state']} agent {d['agent']} outbox {d['outbox']}")
 
 
+def _closed_reason(conn: Connection, identity: str) -> str:
+    reason = conn.closed.result()
+    text = f"stopped following: the broker closed the connection: {reason}"
+    if "taken over" in reason.lower():
+        return text
+    # Mosquitto 2.0 often closes a taken-over connection before its DISCONNECT (0x8E) is sent.
+    return (
+        f"{text}. If another tool or person connected as {identity}, it took over this "
+        "session: give each an identity of their own ('canvoy certs issue operator NAME')"
+    )
+
+
+def _next(inbox: queue.Queue[Message], conn: Connection, identity: str) -> Message:
+    """The next message; when the connection ends first (another connection of the same
+    identity took the session, or the broker went away), say so instead of going quiet.
+
+    Raises:
+        ConnectionLostError: the connection closed; the message carries the broker's reason.
+    """
+    while True:
+        try:
+            return inbox.get(timeout=0.5)
+        except queue.Empty:
+            if conn.closed.done():
+                raise ConnectionLostError(_closed_reason(conn, identity)) from None
+
+
 def _run(args: argparse.Namespace) -> int:
     name, tls = _identity(args)
     host, port = parse_broker(args.broker)
@@ -82,7 +109,7 @@ def _run(args: argparse.Namespace) -> int:
     shown = 0
     try:
         while args.count is None or shown < args.count:
-            msg = inbox.get()
+            msg = _next(inbox, conn, args.identity)
             device, kind = msg.topic.split("/")[2], msg.topic.split("/")[3]
             try:
                 verified = verifier.check(msg.topic, bytes(msg.payload), admit=False)

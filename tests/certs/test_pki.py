@@ -98,9 +98,23 @@ def test_revoke_updates_crl_and_listing(root: Path) -> None:
     assert len(list(pki.load_crl(root) or [])) == 1
 
 
-def test_revoke_asks_for_kind_when_ambiguous(root: Path) -> None:
+def test_a_second_kind_under_an_existing_name_is_refused(root: Path) -> None:
+    pki.issue(root, "bridge", "bridge-1")
+    for kind in ("device", "operator", "broker"):
+        with pytest.raises(PKIError, match=r"'bridge-1' is already a bridge identity"):
+            pki.issue(root, kind, "bridge-1", hosts=["localhost"], force=True)
+    assert not (root / "device" / "bridge-1").exists()
+    assert [(i.kind, i.name) for i in pki.identities(root)] == [("bridge", "bridge-1")]
+
+
+def test_revoke_asks_for_kind_when_ambiguous(root: Path, tmp_path: Path) -> None:
+    # A PKI from before names were unique across kinds: made here by moving a folder in.
     pki.issue(root, "device", "shared-name")
-    pki.issue(root, "operator", "shared-name")
+    other = tmp_path / "older"
+    pki.init_ca(other)
+    pki.issue(other, "operator", "shared-name")
+    (root / "operator").mkdir()
+    (other / "operator" / "shared-name").rename(root / "operator" / "shared-name")
     with pytest.raises(PKIError, match="--kind"):
         pki.revoke(root, "shared-name")
     assert pki.revoke(root, "shared-name", "operator").kind == "operator"
