@@ -8,12 +8,13 @@ full, the oldest telemetry is evicted first and events last; every eviction is c
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +22,12 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from canvoy.agent.episodes import Change, Episode
 from canvoy.errors import ConfigError, StoreError
 from canvoy.wire import body
 from canvoy.wire.envelope import Encoding, Envelope, sign
 from canvoy.wire.errors import EnvelopeError, OversizeError
+from canvoy.wire.events import AgentEvent, parse_events
 from canvoy.wire.topics import Kind
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,16 @@ CREATE TABLE IF NOT EXISTS events (
     summary TEXT NOT NULL,
     acked_ms INTEGER,
     delivered_ms INTEGER
+);
+CREATE TABLE IF NOT EXISTS episodes (
+    id TEXT PRIMARY KEY,
+    source TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    key TEXT NOT NULL,
+    code TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    opened_ms INTEGER NOT NULL,
+    seq INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rejected (
     seq INTEGER PRIMARY KEY,
@@ -203,8 +216,12 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def seal(self, kind: Kind, encoding: Encoding, data: bytes) -> int | None:
+    def seal(
+        self, kind: Kind, encoding: Encoding, data: bytes, episodes: Sequence[Change] = ()
+    ) -> int | None:
         """Sign ``data`` as the next envelope and commit it; return its sequence number.
+
+        ``episodes`` (events only) are stored or removed in the same transaction.
 
         Never raises for a full outbox or disk: the oldest telemetry is evicted to make room,
         and a batch that still does not fit is counted as dropped and logged (None).
@@ -212,8 +229,9 @@ class Outbox:
         with self._lock:
             for attempt in range(8):
                 try:
-                    seq = self._insert(kind, encoding, data)
+                    seq = self._insert(kind, encoding, data, episodes)
                 except OversizeError as exc:
+                    self._rollback()  # else the next seal finds this transaction still open
                     log.error("batch dropped: %s", exc)
                     self._bump("dropped")
                     return None
@@ -239,7 +257,9 @@ class Outbox:
             self._bump("dropped")
             return None
 
-    def _insert(self, kind: Kind, encoding: Encoding, data: bytes) -> int:
+    def _insert(
+        self, kind: Kind, encoding: Encoding, data: bytes, episodes: Sequence[Change]
+    ) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         seq = int(db.execute("SELECT value FROM meta WHERE name = 'next_seq'").fetchone()[0])
@@ -271,6 +291,7 @@ class Outbox:
                 "INSERT INTO events (seq, boot, created_ms, summary) VALUES (?, ?, ?, ?)",
                 (seq, self.boot.hex(), created, _summary(data, encoding)),
             )
+        _store_episodes(db, episodes, seq)
         db.execute("COMMIT")
         self._bytes += len(payload)
         return seq
@@ -464,6 +485,25 @@ class Outbox:
                 return 0
         return len(marks)
 
+    def open_episodes(self) -> list[Episode]:
+        """The fault episodes open when the agent last stopped, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, source, scope, key, code, detail, opened_ms FROM episodes ORDER BY seq"
+            ).fetchall()
+        return [
+            Episode(
+                id=i,
+                source=source,
+                scope=scope,
+                key=key,
+                code=code,
+                detail=tuple(json.loads(detail)),
+                opened_ms=opened,
+            )
+            for i, source, scope, key, code, detail, opened in rows
+        ]
+
     def depth(self) -> int:
         """Rows waiting to be sent."""
         with self._lock:
@@ -484,15 +524,28 @@ class Outbox:
             self._db.close()
 
 
+def _store_episodes(db: sqlite3.Connection, changes: Sequence[Change], seq: int) -> None:
+    """Open, change or close episodes inside the transaction of the envelope ``seq``."""
+    for change in changes:
+        e = change.episode
+        if change.state == "clear":
+            db.execute("DELETE FROM episodes WHERE id = ?", (e.id,))
+        else:
+            db.execute(
+                "INSERT INTO episodes (id, source, scope, key, code, detail, opened_ms, seq) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "code = excluded.code, detail = excluded.detail",
+                (e.id, e.source, e.scope, e.key, e.code, json.dumps(e.detail), e.opened_ms, seq),
+            )
+
+
 def _summary(data: bytes, encoding: Encoding) -> str:
     """A short text for an events envelope: its DTC codes and states."""
     try:
-        events = body.parse_events(body.decode(encoding, data))
+        events = parse_events(body.decode(encoding, data))
     except EnvelopeError:
         return "?"
-    parts = [
-        f"{e.get('code', e.get('name', e['type']))} {e.get('state', '')}".strip() for e in events
-    ]
+    parts = [f"{e.what}" if isinstance(e, AgentEvent) else f"{e.code} {e.state}" for e in events]
     return ", ".join(parts) or "-"
 
 

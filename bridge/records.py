@@ -9,6 +9,7 @@ from typing import Any
 
 from canvoy.bridge.verify import Verified
 from canvoy.wire import body
+from canvoy.wire.events import to_map
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,8 @@ def records(verified: Verified) -> list[Record]:
         out = []
         for i, event in enumerate(parsed):
             key = f"{e.key}:{i}"
-            out.append(Record(key, e.device, e.kind, {**head, "key": key, "event": event}))
+            data = {**head, "key": key, "event": to_map(event)}
+            out.append(Record(key, e.device, e.kind, data))
         return out
     status = parsed
     data = {

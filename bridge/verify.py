@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from canvoy.wire import body
 from canvoy.wire.envelope import SignedEnvelope, unpack, verify
 from canvoy.wire.errors import DuplicateError, IdentityMismatchError, ReplayError
+from canvoy.wire.events import Event, parse_events
 from canvoy.wire.keys import DeviceKeys
 from canvoy.wire.topics import parse_topic
 
@@ -90,10 +91,10 @@ class ReplayWindow:
                 state[1].discard(seq)
 
 
-Parsed = body.Telemetry | list[dict[str, Any]] | body.Status
+Parsed = body.Telemetry | list[Event] | body.Status
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], Parsed]] = {
     "telemetry": body.parse_telemetry,
-    "events": body.parse_events,
+    "events": parse_events,
     "status": body.parse_status,
 }
 

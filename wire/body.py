@@ -144,33 +144,6 @@ def parse_telemetry(content: Mapping[str, Any]) -> Telemetry:
     return Telemetry(policy=policy, series=tuple(out))
 
 
-# -- events -----------------------------------------------------------------------------------
-
-EVENT_TYPES = ("dtc", "trigger", "agent")
-
-
-def events_content(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The map for an events envelope."""
-    return {"events": list(events)}
-
-
-def parse_events(content: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Check an events body: a list of maps, each with ``type`` and ``t_ms``.
-
-    Raises:
-        MalformedError: the list or an event is malformed.
-    """
-    events = _get(content, "events", list)
-    for i, event in enumerate(events):
-        if not isinstance(event, dict):
-            raise MalformedError(f"event {i} is not a map")
-        if event.get("type") not in EVENT_TYPES:
-            raise MalformedError(f"event {i} has unknown type {event.get('type')!r}")
-        if type(event.get("t_ms")) is not int:
-            raise MalformedError(f"event {i} has no integer t_ms")
-    return list(events)
-
-
 # -- status -----------------------------------------------------------------------------------
 
 State = Literal["online", "offline"]

@@ -22,6 +22,7 @@ from canvoy.bridge.sinks.nats import NatsConfig, NatsSink
 from canvoy.certs import pki
 from canvoy.simulator.fleet import VirtualDevice
 from canvoy.transport.mqtt import Connection
+from canvoy.wire.events import DtcEvent
 from tests.agentkit import stop
 from tests.bridgekit import (
     NatsServer,
@@ -142,7 +143,7 @@ def test_a_webhook_down_for_20_s_gets_every_event(
         conn = _connect(broker, car1)
 
         def send(i: int) -> None:
-            event = {"type": "dtc", "t_ms": i, "code": f"P0{i:03}"}
+            event = DtcEvent(t_ms=i, code=f"P0{i:03}", state="set", source="dbc", signal="pt/D")
             conn.publish(car1.topic("events"), car1.events([event])).result(5)
 
         send(1)
