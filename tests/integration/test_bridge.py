@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import os
 import signal
 import time
@@ -158,10 +156,7 @@ def test_a_webhook_down_for_20_s_gets_every_event(
         wait_for(lambda: len(set(webhook.keys())) == 11, timeout_s=60, what="every event")
         codes = {r.json["event"]["code"] for r in webhook.requests}
         assert codes == {f"P0{i:03}" for i in range(1, 12)}
-        for r in webhook.requests:
-            ts, sig = r.headers["Canvoy-Timestamp"], r.headers["Canvoy-Signature"]
-            mac = hmac.new(b"s3cret", ts.encode() + b"." + r.body, hashlib.sha256).hexdigest()
-            assert sig == f"v1={mac}"
+        assert all(r.verified for r in webhook.requests)  # standardwebhooks accepted each
         by_key: dict[str, bytes] = {}
         for r in webhook.requests:  # a repeat carries the same key and the same body
             assert by_key.setdefault(r.headers["Idempotency-Key"], r.body) == r.body
