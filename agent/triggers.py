@@ -223,6 +223,10 @@ class TriggerWatcher:
             for s in self._states:
                 if s.fired is not None and t > s.fired + s.config.after_s:
                     actions.append(self._take_frame(s))
+                # A condition still holding fires once its hold time has passed, even when its
+                # own signals are unchanged (and so not sampled): any later sample tells the time.
+                if s.since is not None and not s.active and t - s.since >= s.condition.hold_s:
+                    actions += self._step(s, t)
         self._run(actions)
 
     def _run(self, actions: list[_Action]) -> None:

@@ -87,6 +87,15 @@ def test_a_clear_before_the_frame_is_complete_sends_the_frame_first() -> None:
     assert events[1].freeze_frame == {"x": [[0, 0], [1000, 2], [2000, 2], [3000, 0]]}
 
 
+def test_a_condition_on_an_unchanged_signal_fires_when_its_hold_time_has_passed() -> None:
+    # On change, the coolant is sampled once; the engine speed moving tells the time.
+    watcher, events = _watcher(TriggerConfig(name="hot", when="CoolantTemp > 110 for 5 s"))
+    watcher.observe(Sample(0.0, "pt/ENGINE_2/CoolantTemp", 120))
+    for i in range(1, 8):
+        watcher.observe(Sample(float(i), "pt/ENGINE_1/EngineSpeed", 2000 + i))
+    assert [(e.state, e.t_ms) for e in events] == [("set", 5000)]
+
+
 def test_a_condition_that_drops_before_the_hold_never_fires() -> None:
     watcher, events = _watcher(TriggerConfig(name="t", when="x > 1 for 500 ms"))
     for i, v in enumerate([2, 2, 0, 2, 0]):
