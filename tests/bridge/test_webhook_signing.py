@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
 
 from canvoy.bridge.records import Record
-from canvoy.bridge.sinks.webhook import WebhookConfig, WebhookSink
+from canvoy.bridge.sinks.webhook import WebhookConfig, WebhookSink, signed_headers
 from canvoy.errors import ConfigError
+from tests.agentkit import REPO
 from tests.bridgekit import WEBHOOK_SECRET, WebhookReceiver
+from tests.conftest import free_port
+from tests.waiting import wait_for
 
 
 def _sink(tmp_path: Path, url: str, secret: str = WEBHOOK_SECRET) -> WebhookSink:
@@ -62,3 +69,46 @@ def test_a_secret_that_is_not_a_standard_webhooks_secret_is_refused(
 ) -> None:
     with pytest.raises(ConfigError, match=r"sinks.desk.secret_file .* whsec_<base64"):
         _sink(tmp_path, "http://127.0.0.1:9/", secret)
+
+
+def test_the_receiver_in_security_md_accepts_deliveries_and_rejects_tampered_ones(
+    tmp_path: Path,
+) -> None:
+    text = (REPO / "docs" / "SECURITY.md").read_text()
+    block = text.split("<!-- example:webhook-receiver -->\n```python\n", 1)[1].split("```", 1)[0]
+    port = free_port()
+    (tmp_path / "receiver.py").write_text(block.replace("8080", str(port)))
+    (tmp_path / "webhook-secret").write_text(WEBHOOK_SECRET + "\n")
+    receiver = subprocess.Popen(
+        [sys.executable, "receiver.py"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/"
+
+        def listening() -> bool:
+            try:
+                httpx.post(url, content=b"{}")
+            except httpx.TransportError:
+                return False
+            return True
+
+        wait_for(listening, timeout_s=15, what="the receiver listening")
+        sink = _sink(tmp_path, url)
+        ticket = {"ticket_id": "car-1:0123456789abcdef", "status": "open"}
+        sink.deliver([Record("car-1:0123456789abcdef:open", "car-1", "tickets", ticket)])
+        sink.deliver([Record("car-1:0123456789abcdef:open", "car-1", "tickets", ticket)])
+        sink.close()
+        assert (sink.delivered, sink.dead_lettered) == (2, 0)
+        # A tampered delivery: refused.
+        body = b'{"ticket_id":"car-1:0123456789abcdef","status":"closed"}'
+        headers = signed_headers(Webhook(WEBHOOK_SECRET), "k", body, time.time())
+        assert httpx.post(url, content=body, headers=headers).status_code == 204
+        tampered = body.replace(b"closed", b"open!!")
+        assert httpx.post(url, content=tampered, headers=headers).status_code == 401
+        stale = signed_headers(Webhook(WEBHOOK_SECRET), "k2", body, time.time() - 600)
+        assert httpx.post(url, content=body, headers=stale).status_code == 401
+    finally:
+        receiver.terminate()
+        out, _ = receiver.communicate(timeout=10)
+    # Printed once each: the redelivery of the same webhook-id is recognised.
+    assert out.splitlines() == ["car-1:0123456789abcdef open", "car-1:0123456789abcdef closed"]
