@@ -15,6 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from canvoy.agent.buses import driver_filters
 from canvoy.agent.collect import Collector, Sample
 from canvoy.agent.database import build_index, load_databases
 from canvoy.agent.j1939 import Reassembler
@@ -109,6 +110,24 @@ def test_the_agent_collects_reassembled_j1939_messages_by_pgn() -> None:
         collector.on_message_received(msg)
     torque = [s for s in out if s.key == "truck/EC1/EngReferenceTorque@00"]
     assert [s.value for s in torque] == [630] * 13
+
+
+def test_driver_filters_of_a_j1939_bus_pass_transport_and_dm1_frames() -> None:
+    index = build_index(load_databases([EC1_DBC]), j1939=True)
+    channel = "canvoy-test-tp-filters"
+    rx = can.Bus(interface="virtual", channel=channel, can_filters=driver_filters(index))
+    tx = can.Bus(interface="virtual", channel=channel)
+    try:
+        # TP.CM and TP.DT (to all, and to 0x21), DM1 and EC1 pass; another PGN does not.
+        for arb in (0x1CECFF00, 0x1CEBFF00, 0x1CEB2100, 0x18FECA00, 0x18FEE300, 0x18FEEE00):
+            tx.send(can.Message(arbitration_id=arb, data=b"\x00" * 8))
+        got = []
+        while (msg := rx.recv(0.2)) is not None:
+            got.append(msg.arbitration_id)
+        assert got == [0x1CECFF00, 0x1CEBFF00, 0x1CEB2100, 0x18FECA00, 0x18FEE300]
+    finally:
+        rx.shutdown()
+        tx.shutdown()
 
 
 _frames = st.lists(
