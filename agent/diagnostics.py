@@ -21,7 +21,7 @@ from canvoy.agent.collect import Sample, tee
 from canvoy.agent.episodes import EpisodeTracker, Fault, Transition
 from canvoy.agent.triggers import TriggerConfig
 from canvoy.wire.dtc import decode_dtc
-from canvoy.wire.events import DtcEvent, DtcSource
+from canvoy.wire.events import MAX_FREEZE_SIGNALS, DtcEvent, DtcSource
 
 log = logging.getLogger(__name__)
 FRAME_SETTLE_S = 0.02  # the slots of one frame arrive within microseconds of each other
@@ -150,7 +150,9 @@ class DtcWatcher:
     def _event(self, t: float, source: DtcSource, step: Transition) -> DtcEvent:
         frame = None
         if step.state == "set":  # like an OBD-II freeze frame: a snapshot when the code is set
-            frame = {k: [list(v)] for k, v in sorted(self._frozen.items())}
+            # At most the protocol's number of signals (the globs may match more).
+            frozen = sorted(self._frozen.items())[:MAX_FREEZE_SIGNALS]
+            frame = {k: [list(v)] for k, v in frozen}
         return DtcEvent(
             t_ms=_ms(t),
             code=step.episode.code,

@@ -24,7 +24,13 @@ from typing import Any
 from canvoy.agent.collect import Sample, tee
 from canvoy.agent.episodes import EpisodeTracker, Fault, Transition
 from canvoy.errors import ConfigError
-from canvoy.wire.events import FreezeFrame, TriggerEvent
+from canvoy.wire.events import (
+    MAX_FREEZE_SAMPLES,
+    MAX_FREEZE_SIGNALS,
+    MAX_TEXT,
+    FreezeFrame,
+    TriggerEvent,
+)
 
 _HOLD = re.compile(r"^(?P<expr>.+?)\s+for\s+(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|ms)\s*$")
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
@@ -48,6 +54,14 @@ class TriggerConfig:
     after_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if not 1 <= len(self.name) <= MAX_TEXT or len(self.when) > MAX_TEXT:
+            raise ConfigError(
+                f"trigger {self.name[:40]!r}: name and condition must be 1-{MAX_TEXT} characters"
+            )
+        if len(self.freeze_frame) > MAX_FREEZE_SIGNALS:
+            raise ConfigError(
+                f"trigger {self.name}: at most {MAX_FREEZE_SIGNALS} freeze_frame signals"
+            )
         parse_condition(self.when)  # raises ConfigError naming the problem
         if self.before_s < 0 or self.after_s < 0:
             raise ConfigError(f"trigger {self.name}: before_s and after_s must be >= 0")
@@ -260,10 +274,12 @@ class TriggerWatcher:
         fired = s.fired if s.fired is not None else 0.0
         s.fired = None
         low, high = fired - s.config.before_s, fired + s.config.after_s
-        frame = {
-            name: [[int(t * 1000), v] for t, v in ring if low <= t <= high]
-            for name, ring in s.ring.items()
-        }
+        frame = {}
+        for name, ring in s.ring.items():
+            samples = [[int(t * 1000), v] for t, v in ring if low <= t <= high]
+            # The protocol's bound per signal: a fast signal is thinned evenly to fit.
+            step = -(-len(samples) // MAX_FREEZE_SAMPLES)
+            frame[name] = samples[::step] if step > 1 else samples
         return ("frame", s, fired, frame)
 
     def _event(

@@ -10,6 +10,7 @@ from canvoy.agent.collect import Sample
 from canvoy.agent.episodes import Episode, EpisodeTracker
 from canvoy.agent.triggers import TriggerConfig, TriggerWatcher, parse_condition
 from canvoy.errors import ConfigError
+from canvoy.wire.events import MAX_FREEZE_SAMPLES, events_content, parse_events
 
 
 @pytest.mark.parametrize(
@@ -116,3 +117,24 @@ def test_after_a_restart_a_trigger_still_holding_continues_its_episode(
     watcher.observe(Sample(1.0, "bus/M/x", value))  # no hold time for an episode already open
     assert [e.state for e in events] == states
     assert all(e.episode == restored.id for e in events)
+
+
+def test_a_freeze_frame_of_a_fast_signal_stays_within_the_protocol_bound() -> None:
+    config = TriggerConfig(name="fast", when="x > 1", freeze_frame=("x",), before_s=0, after_s=20)
+    watcher, events = _watcher(config)
+    for i in range(25_000):  # 1 kHz for 25 s
+        watcher.observe(Sample(i / 1000, "bus/M/x", 2))
+    update = next(e for e in events if e.state == "update")
+    samples = update.freeze_frame["x"]
+    assert len(samples) <= MAX_FREEZE_SAMPLES and samples[0][0] == 0
+    assert parse_events(events_content([update]))  # a bridge accepts it
+
+
+@pytest.mark.parametrize(
+    ("name", "when"), [("x" * 300, "a > 1"), ("long", "a > 1 and " * 40 + "b > 1")]
+)
+def test_names_and_conditions_beyond_the_protocol_bound_are_config_errors(
+    name: str, when: str
+) -> None:
+    with pytest.raises(ConfigError, match="must be 1-256 characters"):
+        TriggerConfig(name=name, when=when)
