@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from standardwebhooks import Webhook, WebhookVerificationError
 
 from canvoy import dbc as shipped
 from canvoy.broker.config import BrokerSettings
@@ -61,6 +60,9 @@ class ServiceDesk:
 
     def start(self) -> int:
         """Listen on a free loopback port; return it."""
+        # The bridge's extra; a vehicle-only install has the CLI without it.
+        from standardwebhooks import Webhook, WebhookVerificationError
+
         desk = self
 
         class Handler(BaseHTTPRequestHandler):
