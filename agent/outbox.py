@@ -3,12 +3,13 @@
 A row leaves only when the broker acknowledged it (PUBACK < 0x80) or refused it (then it moves
 to ``rejected``). The next sequence number is written in the same transaction as the row, so it
 never goes back or repeats after a crash. When the outbox reaches ``max_bytes`` or the disk is
-full, the oldest telemetry is evicted first and events last; every eviction is counted.
+full, the oldest telemetry is evicted first and events last; every eviction is counted. Open
+fault episodes are written in the transaction of the events envelope that opens, changes or
+closes them (``episode_store``), so after a crash they match the stored envelopes exactly.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -22,6 +23,7 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from canvoy.agent.episode_store import EPISODES_SCHEMA, read_episodes, store_changes
 from canvoy.agent.episodes import Change, Episode
 from canvoy.errors import ConfigError, StoreError
 from canvoy.wire import body
@@ -57,16 +59,6 @@ CREATE TABLE IF NOT EXISTS events (
     summary TEXT NOT NULL,
     acked_ms INTEGER,
     delivered_ms INTEGER
-);
-CREATE TABLE IF NOT EXISTS episodes (
-    id TEXT PRIMARY KEY,
-    source TEXT NOT NULL,
-    scope TEXT NOT NULL,
-    key TEXT NOT NULL,
-    code TEXT NOT NULL,
-    detail TEXT NOT NULL,
-    opened_ms INTEGER NOT NULL,
-    seq INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rejected (
     seq INTEGER PRIMARY KEY,
@@ -142,7 +134,7 @@ def _connect(path: Path, sync: Sync, page_limit: int | None) -> sqlite3.Connecti
     check = db.execute("PRAGMA quick_check").fetchone()
     if check is None or check[0] != "ok":
         raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'no answer'}")
-    db.executescript(_SCHEMA)
+    db.executescript(_SCHEMA + EPISODES_SCHEMA)
     db.executemany(
         "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
         [(n, 1 if n == "next_seq" else 0) for n in COUNTERS],
@@ -291,7 +283,7 @@ class Outbox:
                 "INSERT INTO events (seq, boot, created_ms, summary) VALUES (?, ?, ?, ?)",
                 (seq, self.boot.hex(), created, _summary(data, encoding)),
             )
-        _store_episodes(db, episodes, seq)
+        store_changes(db, episodes, seq)
         db.execute("COMMIT")
         self._bytes += len(payload)
         return seq
@@ -488,21 +480,7 @@ class Outbox:
     def open_episodes(self) -> list[Episode]:
         """The fault episodes open when the agent last stopped, oldest first."""
         with self._lock:
-            rows = self._db.execute(
-                "SELECT id, source, scope, key, code, detail, opened_ms FROM episodes ORDER BY seq"
-            ).fetchall()
-        return [
-            Episode(
-                id=i,
-                source=source,
-                scope=scope,
-                key=key,
-                code=code,
-                detail=tuple(json.loads(detail)),
-                opened_ms=opened,
-            )
-            for i, source, scope, key, code, detail, opened in rows
-        ]
+            return read_episodes(self._db)
 
     def depth(self) -> int:
         """Rows waiting to be sent."""
@@ -522,21 +500,6 @@ class Outbox:
             except sqlite3.Error as exc:
                 log.debug("checkpoint at close: %s", exc)
             self._db.close()
-
-
-def _store_episodes(db: sqlite3.Connection, changes: Sequence[Change], seq: int) -> None:
-    """Open, change or close episodes inside the transaction of the envelope ``seq``."""
-    for change in changes:
-        e = change.episode
-        if change.state == "clear":
-            db.execute("DELETE FROM episodes WHERE id = ?", (e.id,))
-        else:
-            db.execute(
-                "INSERT INTO episodes (id, source, scope, key, code, detail, opened_ms, seq) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "code = excluded.code, detail = excluded.detail",
-                (e.id, e.source, e.scope, e.key, e.code, json.dumps(e.detail), e.opened_ms, seq),
-            )
 
 
 def _summary(data: bytes, encoding: Encoding) -> str:
