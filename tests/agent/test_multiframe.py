@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import can
 import cantools
@@ -32,7 +33,7 @@ EC1_DBC = Path(__file__).resolve().parents[1] / "data" / "j1939_ec1.dbc"  # PGN 
 needs_shared = pytest.mark.skipif(not UDS_LOG.exists(), reason=f"{SHARED_DATA} is absent")
 
 
-def _decode(*args: str | Path) -> tuple[list[dict[str, object]], str]:
+def _decode(*args: str | Path) -> tuple[list[dict[str, Any]], str]:
     done = subprocess.run(
         [sys.executable, "-m", "canvoy", "decode", *map(str, args)],
         capture_output=True,
@@ -67,6 +68,7 @@ def test_decode_j1939_prints_the_reassembled_messages_decoded() -> None:
     assert {r["sa"] for r in rows} == {0}
     # The same values as cantools gives for the payloads the J1939 reassembler rebuilds.
     db = cantools.database.load_file(str(EC1_DBC))
+    assert isinstance(db, cantools.database.can.Database)
     reassembler = Reassembler()
     payloads = [
         done[2]

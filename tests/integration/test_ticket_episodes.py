@@ -15,6 +15,7 @@ import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import can
 import cantools
@@ -60,8 +61,8 @@ class Desk:
     def __init__(self, receiver: WebhookReceiver) -> None:
         self.receiver = receiver
 
-    def _bodies(self) -> list[dict[str, object]]:
-        seen: dict[str, dict[str, object]] = {}
+    def _bodies(self) -> list[dict[str, Any]]:
+        seen: dict[str, dict[str, Any]] = {}
         for r in list(self.receiver.requests):
             assert r.verified, "a delivery did not verify with standardwebhooks"
             seen.setdefault(r.headers["webhook-id"], r.json)
@@ -80,7 +81,7 @@ class Desk:
         out: dict[str, set[str]] = {}
         for body in self._bodies():
             if "ticket_id" in body:
-                code = str(body["dtcs"][0]["code"])  # type: ignore[index]
+                code = str(body["dtcs"][0]["code"])
                 out.setdefault(code, set()).add(str(body["ticket_id"]))
         return out
 
@@ -89,7 +90,7 @@ class Desk:
         return sum(
             1
             for b in self._bodies()
-            if isinstance(b.get("event"), dict) and b["event"].get("what") == what  # type: ignore[union-attr]
+            if isinstance(b.get("event"), dict) and b["event"].get("what") == what
         )
 
     def closed(self, *codes: str) -> Callable[[], bool]:
@@ -143,6 +144,7 @@ def _replay_bus(name: str, dbc: Path, log: Path, speed: str = "max", j1939: bool
 def _dtc_log(path: Path, seconds: float, codes: Callable[[float], list[str]]) -> Path:
     """DIAG_DTC at 10 Hz with ``codes(t)`` and ENGINE_2 with a coolant that follows them."""
     db = cantools.database.load_file(str(DEMO_DBC))
+    assert isinstance(db, cantools.database.can.Database)
     diag, engine = db.get_message_by_name("DIAG_DTC"), db.get_message_by_name("ENGINE_2")
     with can.Logger(str(path)) as logger:
         for i in range(int(seconds * 10)):
@@ -244,11 +246,9 @@ def test_an_obd_dtc_from_the_simulated_ecu_opens_one_ticket_and_closes_it(
     desk.assert_one_ticket_each("P0217")
 
 
-def _status(config: Path) -> dict[str, object]:
+def _status(config: Path) -> dict[str, Any]:
     try:
-        data: dict[str, object] = json.loads(
-            status_path(config.parent / "outbox.sqlite").read_text()
-        )
+        data: dict[str, Any] = json.loads(status_path(config.parent / "outbox.sqlite").read_text())
     except (OSError, ValueError):
         return {}
     return data
@@ -263,7 +263,7 @@ def test_an_agent_killed_twice_while_p0217_is_active_makes_one_ticket(
     config = _agent_yaml(
         tmp_path / "agent.yaml", broker, _replay_bus("pt", DEMO_DBC, log, speed="x1")
     )
-    boots: list[object] = []
+    boots: list[Any] = []
     agent: subprocess.Popen[bytes] | None = None
     try:
         agent = start_agent(config, tmp_path / "agent.log")
@@ -280,7 +280,7 @@ def test_an_agent_killed_twice_while_p0217_is_active_makes_one_ticket(
 
                 def busy() -> bool:
                     s = _status(config)
-                    frames = sum(b["frames"] for b in s.get("buses", {}).values())  # type: ignore[union-attr]
+                    frames = sum(b["frames"] for b in s.get("buses", {}).values())
                     return s.get("boot") not in boots and frames >= 20
 
                 wait_for(busy, timeout_s=30, what="the second run reading DTC frames")
