@@ -5,14 +5,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from canvoy.agent.collect import Sample
+from canvoy.agent.episodes import Change
 from canvoy.errors import ConfigError
 from canvoy.wire import body
 from canvoy.wire.envelope import MAX_PAYLOAD_BYTES, Encoding
+from canvoy.wire.events import Event, events_content
 from canvoy.wire.topics import Kind
 
 log = logging.getLogger(__name__)
@@ -23,7 +25,13 @@ MAX_BATCH_BYTES = MAX_PAYLOAD_BYTES - ENVELOPE_OVERHEAD_BYTES
 _NEW_SERIES_BYTES = 12  # array headers of a new column, beyond its key
 _SAMPLE_BYTES = 11  # a float64 value and a short delta; ints and repeats are smaller
 
-Seal = Callable[[Kind, Encoding, bytes], object]
+
+class Seal(Protocol):
+    """Signs and stores one body (``Outbox.seal``); events bring their episode changes."""
+
+    def __call__(
+        self, kind: Kind, encoding: Encoding, data: bytes, episodes: Sequence[Change] = ()
+    ) -> object: ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -101,13 +109,14 @@ class Batcher:
             if self._count >= self.config.max_samples or self._bytes >= self.config.max_bytes:
                 self._close()
 
-    def add_events(self, events: list[Mapping[str, Any]]) -> int | None:
+    def add_events(self, events: Sequence[Event], episodes: Sequence[Change] = ()) -> int | None:
         """Seal events at once, in their own envelope: they never wait behind telemetry.
 
+        ``episodes`` are the episode changes the events make, stored with the envelope.
         Returns the envelope's sequence number (None if it could not be stored).
         """
-        encoding, data = body.encode(body.events_content(events))
-        seq = self._seal("events", encoding, data)
+        encoding, data = body.encode(events_content(events))
+        seq = self._seal("events", encoding, data, episodes)
         self.stats.events += len(events)
         return seq if isinstance(seq, int) else None
 

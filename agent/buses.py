@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from canvoy.agent.database import EXTENDED, Index
+from canvoy.agent.j1939 import PGN_DM1, PGN_TP_CM, PGN_TP_DT
 from canvoy.agent.obd import ObdConfig
 from canvoy.agent.source import LOG_SUFFIXES, parse_speed
 from canvoy.errors import ConfigError
@@ -63,7 +64,7 @@ class BusConfig:
 
 
 def driver_filters(index: Index) -> list[dict[str, int | bool]]:
-    """``can_filters`` that pass only the ids the databases know (PGNs for J1939).
+    """``can_filters`` that pass only the ids the databases know (PGNs for J1939, with TP and DM1).
 
     SocketCAN applies them in the kernel, so unneeded frames never reach Python; other
     python-can interfaces apply them in the driver or in python-can itself.
@@ -78,7 +79,10 @@ def driver_filters(index: Index) -> list[dict[str, int | bool]]:
                 "extended": extended,
             }
         )
-    for pgn in index.by_pgn:
+    # On J1939, the transport protocol carries the PGNs longer than a frame, and DM1 the
+    # diagnostics: they pass whatever the databases define.
+    pgns = [*index.by_pgn, PGN_TP_CM, PGN_TP_DT, PGN_DM1] if index.j1939 else []
+    for pgn in dict.fromkeys(pgns):
         pdu1 = (pgn >> 8) & 0xFF < 240
         filters.append(
             {

@@ -1,5 +1,8 @@
 """The agent's hot path: frame -> changed collected bits? -> decode -> policy -> samples.
 
+Multi-frame messages (J1939 transport, ISO-TP payloads the databases define) are rebuilt first
+and then take the same path as a frame, with the same policy rules.
+
 A frame is decoded only when the bits of the signals the policy collects differ from the last
 frame of the same id (and multiplexer value), or when a signal of it is due (heartbeat, or a
 change held back by ``min_interval_s``). Counters and checksums are outside the mask, so they
@@ -18,6 +21,7 @@ from cantools.database.can import Message
 
 from canvoy.agent.database import EXTENDED, Index, signal_bits
 from canvoy.agent.decode import DecodeStats, Value, data_frame_key, decode_payload
+from canvoy.agent.multiframe import Transport, is_transport_key, wants_isotp
 from canvoy.agent.policy import Policy, SignalPlan
 
 INF = math.inf
@@ -98,6 +102,7 @@ class _Entry:
 
 
 _UNKNOWN = _Entry(message=None)
+_TRANSPORT = _Entry(message=None)  # a J1939 TP.CM / TP.DT frame: a piece of another message
 
 
 class Collector(can.Listener):
@@ -118,6 +123,7 @@ class Collector(can.Listener):
         self.emit = emit
         self.on_unknown = on_unknown
         self.stats = DecodeStats()
+        self.transport = Transport()
         self.bus_errors = 0
         self.last_error: Exception | None = None
         self._entries: dict[int, _Entry] = {}
@@ -132,25 +138,57 @@ class Collector(can.Listener):
         if entry is None:
             entry = self._entries[key] = self._resolve(key)
         if entry.message is None:
+            if entry is _TRANSPORT:
+                stats.transport += 1
+                done = self.transport.j1939(msg)
+                if done is not None:
+                    stats.reassembled += 1
+                    self._payload(msg, done[0], done[1])
+                return
             stats.unknown[key] += 1
             if self.on_unknown is not None:
                 self.on_unknown(msg)
             return
         data = msg.data
         if len(data) < entry.length:
+            if wants_isotp(entry.length, msg):
+                stats.transport += 1
+                for payload in self.transport.isotp(msg):
+                    stats.reassembled += 1
+                    self._take(entry, msg.timestamp, payload, truncated=True)
+                return
             stats.malformed += 1
             return
+        self._take(entry, msg.timestamp, data, truncated=False)
+
+    def _payload(self, msg: can.Message, key: int, payload: bytes) -> None:
+        """A reassembled J1939 message: looked up and collected like a frame of its PGN."""
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = self._entries[key] = self._resolve(key)
+        if entry.message is None:
+            self.stats.unknown[key] += 1
+            if self.on_unknown is not None:
+                self.on_unknown(msg)
+            return
+        self._take(entry, msg.timestamp, payload, truncated=True)
+
+    def _take(self, entry: _Entry, t: float, data: bytes | bytearray, *, truncated: bool) -> None:
+        """The policy's rules for one message's payload: changed bits, due signals, decode."""
+        stats = self.stats
         if not entry.mask:
             stats.repeated += 1  # nothing collected from this message
             return
-        bits = int.from_bytes(data[: entry.length], "big") & entry.mask
+        # A reassembled payload may be shorter than its message: compare it padded.
+        head = bytes(data[: entry.length]).ljust(entry.length, b"\0") if truncated else data
+        bits = int.from_bytes(head[: entry.length], "big") & entry.mask
         mux = bits & entry.mux_mask
-        t = msg.timestamp
         state = entry.states.get(mux)
         if state is not None and state[0] == bits and t < state[1]:
             stats.repeated += 1
             return
-        signals = decode_payload(entry.message, bytes(data))
+        assert entry.message is not None
+        signals = decode_payload(entry.message, bytes(data), truncated=truncated)
         if signals is None:
             stats.malformed += 1
             return
@@ -201,6 +239,8 @@ class Collector(can.Listener):
         return entry.due
 
     def _resolve(self, key: int) -> _Entry:
+        if is_transport_key(self.index, key):
+            return _TRANSPORT
         message = self.index.lookup(key)
         if message is None:
             return _UNKNOWN

@@ -11,18 +11,22 @@ from cantools.database.can import Message
 from cantools.database.namedsignalvalue import NamedSignalValue
 
 from canvoy.agent.database import EXTENDED, Index
+from canvoy.agent.multiframe import Transport, is_transport_key, wants_isotp
 
 Value = float | int | str
 
 
-def decode_payload(message: Message, data: bytes) -> dict[str, Value] | None:
+def decode_payload(
+    message: Message, data: bytes, *, truncated: bool = False
+) -> dict[str, Value] | None:
     """Decode ``data`` as ``message``: scaled numbers, value-table names as strings.
 
+    ``truncated``: a reassembled payload shorter than its message decodes the signals that fit.
     Returns None when the payload cannot be decoded (too short, a bad multiplexer value).
     """
     try:
         result = message.decode(
-            data, decode_choices=True, scaling=True, allow_truncated=False, allow_excess=True
+            data, decode_choices=True, scaling=True, allow_truncated=truncated, allow_excess=True
         )
     except Exception:  # cantools raises DecodeError, KeyError, ValueError, struct errors
         return None
@@ -45,6 +49,8 @@ class DecodeStats:
     error_frames: int = 0
     remote_frames: int = 0
     malformed: int = 0
+    transport: int = 0  # frames that were pieces of multi-frame messages
+    reassembled: int = 0  # multi-frame messages rebuilt from them (decoded or not)
     unknown: Counter[int] = field(default_factory=Counter)
 
     @property
@@ -79,12 +85,17 @@ class Decoded:
 
 
 class Decoder:
-    """Decodes every frame the databases know; an identical payload is decoded only once."""
+    """Decodes every frame the databases know; an identical payload is decoded only once.
+
+    Multi-frame messages (J1939 transport, ISO-TP) are decoded when their last frame arrives.
+    """
 
     def __init__(self, index: Index) -> None:
         self.index = index
         self.stats = DecodeStats()
+        self.transport = Transport()
         self._messages: dict[int, Message | None] = {}
+        self._transport_keys: dict[int, bool] = {}
         self._last: dict[int, tuple[bytes, dict[str, Value]]] = {}
 
     def decode(self, msg: can.Message) -> Decoded | None:
@@ -93,6 +104,21 @@ class Decoder:
         key = data_frame_key(msg, stats)
         if key is None:
             return None
+        transport = self._transport_keys.get(key)
+        if transport is None:
+            transport = self._transport_keys[key] = is_transport_key(self.index, key)
+        if transport:
+            stats.transport += 1
+            done = self.transport.j1939(msg)
+            if done is None:
+                return None
+            stats.reassembled += 1
+            key, payload = done
+            return self._decode(msg, key, payload, multi=True)
+        return self._decode(msg, key, bytes(msg.data), multi=False)
+
+    def _decode(self, msg: can.Message, key: int, data: bytes, *, multi: bool) -> Decoded | None:
+        stats = self.stats
         try:
             message = self._messages[key]
         except KeyError:
@@ -100,25 +126,33 @@ class Decoder:
         if message is None:
             stats.unknown[key] += 1
             return None
-        data = bytes(msg.data)
+        if not multi and len(data) < message.length and wants_isotp(message.length, msg):
+            stats.transport += 1
+            payloads = self.transport.isotp(msg)
+            if not payloads:
+                return None
+            stats.reassembled += len(payloads)
+            data, multi = payloads[-1], True
         last = self._last.get(key)
         if last is not None and last[0] == data:
             stats.repeated += 1
             signals = last[1]
         else:
-            decoded = decode_payload(message, data)
+            decoded = decode_payload(message, data, truncated=multi)
             if decoded is None:
                 stats.malformed += 1
                 return None
             signals = decoded
             self._last[key] = (data, signals)
         stats.decoded += 1
+        frame_id = key & ~EXTENDED
+        extended = bool(key & EXTENDED)
         return Decoded(
             t=msg.timestamp,
             channel=str(msg.channel) if msg.channel is not None else "",
-            frame_id=msg.arbitration_id,
-            is_extended=msg.is_extended_id,
+            frame_id=frame_id,
+            is_extended=extended,
             message=message.name,
-            source=msg.arbitration_id & 0xFF if self.index.j1939 and msg.is_extended_id else None,
+            source=frame_id & 0xFF if self.index.j1939 and extended else None,
             signals=signals,
         )

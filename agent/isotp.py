@@ -1,8 +1,8 @@
 """ISO-TP (ISO 15765-2) through the ``can-isotp`` package: passive reassembly and a client.
 
-``reassemble`` rebuilds the payloads one id sent (single frames and first/consecutive frames)
-from recorded traffic, e.g. UDS or OBD-II responses in a log. ``IsoTpClient`` sends a request
-to one ECU and waits for its response over a live python-can bus.
+``PassiveReceiver`` and ``reassemble`` rebuild the payloads one id sent (single frames and
+first/consecutive frames) from traffic, e.g. UDS or OBD-II responses on a bus or in a log.
+``IsoTpClient`` sends a request to one ECU and waits for its response over a live bus.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ import isotp
 from canvoy.errors import TransportError
 
 log = logging.getLogger(__name__)
+MAX_PAYLOAD_BYTES = 4095
+# The stack logs every interrupted reception as a warning; heard traffic has many (a response
+# cut short by the next request), so a passive receiver counts them instead.
+_PASSIVE_LOG = "canvoy.agent.isotp.passive"
+logging.getLogger(_PASSIVE_LOG).setLevel(logging.ERROR)
 
 
 def _address(rxid: int, txid: int, extended: bool) -> isotp.Address:
@@ -25,42 +30,64 @@ def _address(rxid: int, txid: int, extended: bool) -> isotp.Address:
     return isotp.Address(mode, rxid=rxid, txid=txid)
 
 
-def reassemble(
-    frames: Iterable[can.Message], rxid: int, *, txid: int | None = None, extended: bool = False
-) -> list[bytes]:
-    """Every ISO-TP payload received on ``rxid`` in ``frames``, in order.
+class PassiveReceiver:
+    """Rebuilds the ISO-TP payloads one id sends, frame by frame, from traffic it only hears.
 
     Flow-control frames the logger may not have recorded are not needed: the stack's own flow
-    control goes nowhere, and consecutive frames are taken as they come.
+    control goes nowhere, and consecutive frames are taken as they come. A payload is at most
+    ``MAX_PAYLOAD_BYTES`` (the classic 12-bit ISO-TP length).
     """
-    pending: list[isotp.CanMessage] = []
-    out: list[bytes] = []
-    errors: list[Exception] = []
-    stack = isotp.TransportLayerLogic(
-        rxfn=lambda _timeout: pending.pop(0) if pending else None,
-        txfn=lambda _msg: None,
-        address=_address(rxid, txid if txid is not None else rxid - 8, extended),
-        error_handler=errors.append,
-        params={"rx_consecutive_frame_timeout": 10_000, "can_fd": True},
-    )
-    for msg in frames:
-        if msg.arbitration_id != rxid or msg.is_error_frame:
-            continue
-        pending.append(
+
+    def __init__(self, rxid: int, *, txid: int | None = None, extended: bool = False) -> None:
+        self.rxid = rxid
+        self.errors = 0
+        self._pending: list[isotp.CanMessage] = []
+        self._stack = isotp.TransportLayerLogic(
+            rxfn=lambda _timeout: self._pending.pop(0) if self._pending else None,
+            txfn=lambda _msg: None,
+            # Responses answer requests 8 ids below (0x7E8 <- 0x7E0); only rxid matters here.
+            address=_address(rxid, txid if txid is not None else rxid ^ 8, extended),
+            error_handler=self._error,
+            params={
+                "rx_consecutive_frame_timeout": 10_000,
+                "can_fd": True,
+                "max_frame_size": MAX_PAYLOAD_BYTES,
+                "logger_name": _PASSIVE_LOG,
+            },
+        )
+
+    def _error(self, exc: Exception) -> None:
+        self.errors += 1
+        log.debug("ISO-TP 0x%X: %s", self.rxid, exc)
+
+    def feed(self, msg: can.Message) -> list[bytes]:
+        """Take one frame of ``rxid``; return the payloads it completed (usually none)."""
+        self._pending.append(
             isotp.CanMessage(
                 arbitration_id=msg.arbitration_id,
                 data=bytes(msg.data),
                 extended_id=msg.is_extended_id,
             )
         )
-        while pending:
-            stack.process()
-        while stack.available():
-            data = stack.recv()
+        while self._pending:
+            self._stack.process()
+        out = []
+        while self._stack.available():
+            data = self._stack.recv()
             if data is not None:
                 out.append(bytes(data))
-    for exc in errors:
-        log.debug("ISO-TP 0x%X: %s", rxid, exc)
+        return out
+
+
+def reassemble(
+    frames: Iterable[can.Message], rxid: int, *, txid: int | None = None, extended: bool = False
+) -> list[bytes]:
+    """Every ISO-TP payload received on ``rxid`` in ``frames``, in order."""
+    receiver = PassiveReceiver(rxid, txid=txid, extended=extended)
+    out: list[bytes] = []
+    for msg in frames:
+        if msg.arbitration_id == rxid and not msg.is_error_frame:
+            out += receiver.feed(msg)
     return out
 
 

@@ -8,14 +8,14 @@ status and the active DTCs (SPN, FMI, occurrence count) per J1939-73, conversion
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 
 import can
 
 from canvoy.agent.database import pgn_of
+from canvoy.agent.episodes import EpisodeTracker, Fault, Transition
+from canvoy.wire.events import DtcEvent
 
 log = logging.getLogger(__name__)
 
@@ -124,14 +124,15 @@ def parse_dm1(payload: bytes) -> tuple[dict[str, int], list[Dm1Code]]:
 
 
 class Dm1Watcher(can.Listener):
-    """Listens to a J1939 bus; emits ``dtc`` set/clear events from every source's DM1."""
+    """Listens to a J1939 bus; reports every sender's DM1 to the episode tracker.
 
-    def __init__(self, bus: str, emit_events: Callable[[list[Mapping[str, Any]]], object]) -> None:
+    One episode per SPN and sender: a new FMI or occurrence count is an ``update``.
+    """
+
+    def __init__(self, bus: str, episodes: EpisodeTracker) -> None:
         self.bus = bus
         self.reassembler = Reassembler()
-        self._emit = emit_events
-        self._active: dict[int, set[Dm1Code]] = {}
-        self._lock = threading.Lock()
+        self.episodes = episodes
 
     def on_message_received(self, msg: can.Message) -> None:
         """One frame: a single-frame DM1, or a TP frame that may complete a DM1."""
@@ -147,32 +148,22 @@ class Dm1Watcher(can.Listener):
 
     def _dm1(self, t: float, source: int, payload: bytes) -> None:
         lamps, codes = parse_dm1(payload)
-        now = {c.spn: c for c in codes}
-        with self._lock:
-            before = {c.spn: c for c in self._active.get(source, set())}
-            self._active[source] = set(codes)
-        events: list[Mapping[str, Any]] = []
-        for spn, c in now.items():
-            if spn not in before or before[spn].fmi != c.fmi:
-                events.append(self._event(t, source, c, "set", lamps))
-        for spn, c in before.items():
-            if spn not in now or now[spn].fmi != c.fmi:
-                events.append(self._event(t, source, c, "clear", lamps))
-        if events:
-            self._emit(events)
+        active = {f"SPN{c.spn}": Fault(c.code, (c.fmi, c.occurrences)) for c in codes}
+        build = partial(self._event, t, lamps)
+        self.episodes.report("j1939", f"{self.bus}/DM1@{source:02X}", active, build, int(t * 1000))
 
-    def _event(
-        self, t: float, source: int, c: Dm1Code, state: str, lamps: dict[str, int]
-    ) -> dict[str, Any]:
-        return {
-            "type": "dtc",
-            "t_ms": int(t * 1000),
-            "code": c.code,
-            "state": state,
-            "source": "j1939",
-            "signal": f"{self.bus}/DM1@{source:02X}",
-            "spn": c.spn,
-            "fmi": c.fmi,
-            "occurrences": c.occurrences,
-            "lamps": lamps,
-        }
+    def _event(self, t: float, lamps: dict[str, int], step: Transition) -> DtcEvent:
+        e = step.episode
+        fmi, occurrences = e.detail if len(e.detail) == 2 else (None, None)
+        return DtcEvent(
+            t_ms=int(t * 1000),
+            code=e.code,
+            state=step.state,
+            source="j1939",
+            signal=e.scope,
+            episode=e.id,
+            spn=int(e.key[3:]),
+            fmi=fmi,
+            occurrences=occurrences,
+            lamps=lamps,
+        )

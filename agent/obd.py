@@ -11,16 +11,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import can
 
 from canvoy.agent.collect import Sample
+from canvoy.agent.episodes import EpisodeTracker, Fault, Transition
 from canvoy.agent.isotp import IsoTpClient
 from canvoy.errors import ConfigError, TransportError
 from canvoy.wire.dtc import decode_dtc
+from canvoy.wire.events import DtcEvent
 
 log = logging.getLogger(__name__)
 
@@ -137,17 +140,17 @@ class ObdPoller:
         config: ObdConfig,
         *,
         emit: Callable[[Sample], None],
-        emit_events: Callable[[list[Mapping[str, Any]]], object],
+        episodes: EpisodeTracker,
     ) -> None:
         self.name = bus_name
         self.bus = bus
         self.notifier = notifier
         self.config = config
         self.emit = emit
-        self.emit_events = emit_events
+        self.episodes = episodes
         self.stats = ObdStats()
         self.clients: dict[int, IsoTpClient] = {}
-        self.active: dict[str, set[str]] = {}
+        self._lists: dict[int, dict[str, list[str]]] = {}  # ECU -> stored/pending/permanent
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"obd-{bus_name}", daemon=True)
 
@@ -223,7 +226,13 @@ class ObdPoller:
         return value
 
     def read_dtcs(self, ecu: int) -> dict[str, list[str]]:
-        """Stored, pending and permanent DTCs; stored ones become set/clear events."""
+        """Stored, pending and permanent DTCs, reported to the episode tracker.
+
+        One episode per code and ECU, open while the code is stored or pending; a change of
+        the lists it is in (pending -> stored, + permanent) is an ``update``. A permanent code
+        alone (the ECU has not yet confirmed the repair) keeps no episode open. A mode that
+        did not answer keeps what it said last.
+        """
         result: dict[str, list[str]] = {}
         for mode, kind in DTC_MODES.items():
             response = self.ask(ecu, bytes([mode]))
@@ -233,30 +242,38 @@ class ObdPoller:
                 result[kind] = parse_dtcs(mode, response)
             except TransportError:
                 self.stats.negative += 1
-        if "stored" in result:
-            self._transitions(ecu, set(result["stored"]))
+        if result:
+            known = self._lists.setdefault(ecu, {})
+            known.update(result)
+            self._report(ecu, known)
         return result
 
-    def _transitions(self, ecu: int, now: set[str]) -> None:
-        source = f"{self.name}/OBD_{0x7E8 + ecu:X}"
-        before = self.active.get(source, set())
-        self.active[source] = now
+    def _report(self, ecu: int, lists: dict[str, list[str]]) -> None:
+        status: dict[str, list[str]] = {}
+        for kind in DTC_MODES.values():
+            for code in lists.get(kind, []):
+                status.setdefault(code, []).append(kind)
+        # Permanent alone means "not yet confirmed repaired": listed, but no open fault.
+        active = {
+            code: Fault(code, tuple(kinds))
+            for code, kinds in sorted(status.items())
+            if kinds != ["permanent"]
+        }
         t_ms = int(time.time() * 1000)
-        changes = [(c, "set") for c in sorted(now - before)]
-        changes += [(c, "clear") for c in sorted(before - now)]
-        events: list[Mapping[str, Any]] = [
-            {
-                "type": "dtc",
-                "t_ms": t_ms,
-                "code": c,
-                "state": state,
-                "source": "obd",
-                "signal": source,
-            }
-            for c, state in changes
-        ]
-        if events:
-            self.emit_events(events)
+        build = partial(self._event, t_ms)
+        self.episodes.report("obd", f"{self.name}/OBD_{0x7E8 + ecu:X}", active, build, t_ms)
+
+    def _event(self, t_ms: int, step: Transition) -> DtcEvent:
+        e = step.episode
+        return DtcEvent(
+            t_ms=t_ms,
+            code=e.code,
+            state=step.state,
+            source="obd",
+            signal=e.scope,
+            episode=e.id,
+            dtc_status=[str(k) for k in e.detail] if step.state != "clear" else None,
+        )
 
     def start(self) -> None:
         """Poll in a thread until ``stop``."""

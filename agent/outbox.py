@@ -3,7 +3,9 @@
 A row leaves only when the broker acknowledged it (PUBACK < 0x80) or refused it (then it moves
 to ``rejected``). The next sequence number is written in the same transaction as the row, so it
 never goes back or repeats after a crash. When the outbox reaches ``max_bytes`` or the disk is
-full, the oldest telemetry is evicted first and events last; every eviction is counted.
+full, the oldest telemetry is evicted first and events last; every eviction is counted. Open
+fault episodes are written in the transaction of the events envelope that opens, changes or
+closes them (``episode_store``), so after a crash they match the stored envelopes exactly.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,10 +23,13 @@ from typing import Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from canvoy.agent.episode_store import EPISODES_SCHEMA, read_episodes, store_changes
+from canvoy.agent.episodes import Change, Episode
 from canvoy.errors import ConfigError, StoreError
 from canvoy.wire import body
 from canvoy.wire.envelope import Encoding, Envelope, sign
 from canvoy.wire.errors import EnvelopeError, OversizeError
+from canvoy.wire.events import AgentEvent, parse_events
 from canvoy.wire.topics import Kind
 
 log = logging.getLogger(__name__)
@@ -129,7 +134,7 @@ def _connect(path: Path, sync: Sync, page_limit: int | None) -> sqlite3.Connecti
     check = db.execute("PRAGMA quick_check").fetchone()
     if check is None or check[0] != "ok":
         raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'no answer'}")
-    db.executescript(_SCHEMA)
+    db.executescript(_SCHEMA + EPISODES_SCHEMA)
     db.executemany(
         "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
         [(n, 1 if n == "next_seq" else 0) for n in COUNTERS],
@@ -203,8 +208,12 @@ class Outbox:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def seal(self, kind: Kind, encoding: Encoding, data: bytes) -> int | None:
+    def seal(
+        self, kind: Kind, encoding: Encoding, data: bytes, episodes: Sequence[Change] = ()
+    ) -> int | None:
         """Sign ``data`` as the next envelope and commit it; return its sequence number.
+
+        ``episodes`` (events only) are stored or removed in the same transaction.
 
         Never raises for a full outbox or disk: the oldest telemetry is evicted to make room,
         and a batch that still does not fit is counted as dropped and logged (None).
@@ -212,8 +221,9 @@ class Outbox:
         with self._lock:
             for attempt in range(8):
                 try:
-                    seq = self._insert(kind, encoding, data)
+                    seq = self._insert(kind, encoding, data, episodes)
                 except OversizeError as exc:
+                    self._rollback()  # else the next seal finds this transaction still open
                     log.error("batch dropped: %s", exc)
                     self._bump("dropped")
                     return None
@@ -239,7 +249,9 @@ class Outbox:
             self._bump("dropped")
             return None
 
-    def _insert(self, kind: Kind, encoding: Encoding, data: bytes) -> int:
+    def _insert(
+        self, kind: Kind, encoding: Encoding, data: bytes, episodes: Sequence[Change]
+    ) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         seq = int(db.execute("SELECT value FROM meta WHERE name = 'next_seq'").fetchone()[0])
@@ -271,6 +283,7 @@ class Outbox:
                 "INSERT INTO events (seq, boot, created_ms, summary) VALUES (?, ?, ?, ?)",
                 (seq, self.boot.hex(), created, _summary(data, encoding)),
             )
+        store_changes(db, episodes, seq)
         db.execute("COMMIT")
         self._bytes += len(payload)
         return seq
@@ -464,6 +477,11 @@ class Outbox:
                 return 0
         return len(marks)
 
+    def open_episodes(self) -> list[Episode]:
+        """The fault episodes open when the agent last stopped, oldest first."""
+        with self._lock:
+            return read_episodes(self._db)
+
     def depth(self) -> int:
         """Rows waiting to be sent."""
         with self._lock:
@@ -487,12 +505,10 @@ class Outbox:
 def _summary(data: bytes, encoding: Encoding) -> str:
     """A short text for an events envelope: its DTC codes and states."""
     try:
-        events = body.parse_events(body.decode(encoding, data))
+        events = parse_events(body.decode(encoding, data))
     except EnvelopeError:
         return "?"
-    parts = [
-        f"{e.get('code', e.get('name', e['type']))} {e.get('state', '')}".strip() for e in events
-    ]
+    parts = [f"{e.what}" if isinstance(e, AgentEvent) else f"{e.code} {e.state}" for e in events]
     return ", ".join(parts) or "-"
 
 

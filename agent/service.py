@@ -20,6 +20,7 @@ from canvoy.agent.buses import BusConfig
 from canvoy.agent.config import AgentConfig, load_device_key
 from canvoy.agent.credentials import Credentials
 from canvoy.agent.diagnostics import DtcWatcher
+from canvoy.agent.episodes import EpisodeTracker
 from canvoy.agent.ingest import Ingest, OnOpen
 from canvoy.agent.j1939 import Dm1Watcher
 from canvoy.agent.obd import ObdPoller
@@ -29,6 +30,7 @@ from canvoy.agent.publish import Identity, Publisher
 from canvoy.agent.triggers import TriggerWatcher
 from canvoy.wire import body
 from canvoy.wire.envelope import Envelope, sign
+from canvoy.wire.events import AgentEvent
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +62,23 @@ class Agent:
         self.policy = load_policy(config.policy)
         self.outbox = Outbox(config.outbox, device=config.device, boot=self.boot, key=self.key)
         self.batcher = Batcher(config.batch, self.outbox.seal, self.policy.hash)
-        self.dtcs = DtcWatcher(config.diagnostics, self.batcher.add_events)
+        # One tracker for every source's fault episodes, continuing those open at the last stop.
+        restored = self.outbox.open_episodes()
+        self.episodes = EpisodeTracker(
+            self.batcher.add_events, restored, resume_s=config.diagnostics.resume_s
+        )
+        if restored:
+            codes = ", ".join(f"{e.code} ({e.scope})" for e in restored)
+            log.info("continuing %d open episode(s): %s", len(restored), codes)
+            note = AgentEvent(
+                t_ms=int(time.time() * 1000),
+                what="episodes_resumed",
+                detail=f"{len(restored)} episode(s) open at the last stop: {codes}"[:1024],
+            )
+            self.batcher.add_events([note])
+        self.dtcs = DtcWatcher(config.diagnostics, self.episodes)
         self.triggers = TriggerWatcher(
-            config.diagnostics.triggers, self.batcher.add_events, self.dtcs.context
+            config.diagnostics.triggers, self.episodes, self.dtcs.context
         )
         self.dm1: list[Dm1Watcher] = []
         self.obd: list[ObdPoller] = []
@@ -85,7 +101,7 @@ class Agent:
     def _taps(self, bus: BusConfig, j1939: bool) -> list[can.Listener]:
         if not j1939:
             return []
-        watcher = Dm1Watcher(bus.name, self.batcher.add_events)
+        watcher = Dm1Watcher(bus.name, self.episodes)
         self.dm1.append(watcher)
         return [watcher]
 
@@ -102,7 +118,7 @@ class Agent:
                 notifier,
                 config,
                 emit=self._emit,
-                emit_events=self.batcher.add_events,
+                episodes=self.episodes,
             )
             poller.start()
             self.obd.append(poller)
@@ -146,6 +162,8 @@ class Agent:
         try:
             while not self._stop.wait(TICK_S):
                 self.batcher.tick()
+                self.dtcs.tick()
+                self.episodes.tick(int(time.time() * 1000))
                 now = time.monotonic()
                 if now >= next_status:
                     self.write_status()
@@ -160,6 +178,7 @@ class Agent:
     def _await_receipts(self, timeout_s: float = 15.0) -> None:
         """Before a replay run exits: seal the last batch and wait a little for the bridges'
         receipts of its events, so that ``canvoy agent status`` can show them delivered."""
+        self.dtcs.tick(settle_s=0.0)
         self.triggers.flush()
         self.batcher.flush()
         deadline = time.monotonic() + timeout_s
@@ -173,6 +192,7 @@ class Agent:
         """Stop ingest, seal the open batch, wait for acknowledgements, say goodbye."""
         timeout = self.config.shutdown_timeout_s
         self.ingest.stop()
+        self.dtcs.tick(settle_s=0.0)
         self.triggers.flush()
         self.batcher.flush()
         drained = self.publisher.drain(timeout)
@@ -212,6 +232,13 @@ class Agent:
             "connected": self.publisher.connected,
             "buses": channels,
             "batches": asdict(self.batcher.stats),
+            "episodes": {
+                "open": self.episodes.open_count,
+                "resumed": self.episodes.resumed,
+                "opened": self.episodes.opened,
+                "updated": self.episodes.updated,
+                "closed": self.episodes.closed,
+            },
             "publisher": asdict(self.publisher.stats),
         }
 

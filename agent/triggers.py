@@ -4,9 +4,9 @@ A trigger is ``<condition> [for <N> s|ms]``; the condition is a small expression
 (comparisons, ``and``, ``or``, ``not``, parentheses, numbers, signal names). It is parsed with
 Python's ``ast`` and only those nodes are interpreted: nothing is ever evaluated as code. A
 signal name matches the end of a sample key: ``CoolantTemp``, ``ENGINE_2.CoolantTemp`` or
-``pt/ENGINE_2/CoolantTemp``. When the condition has held for the hold time, a ``trigger`` event
-is set, with a freeze frame: the chosen signals from ``before_s`` before to ``after_s`` after.
-When it stops holding, the event clears.
+``pt/ENGINE_2/CoolantTemp``. When the condition has held for the hold time, a ``trigger`` episode
+is set; an update brings its freeze frame: the chosen signals from ``before_s`` before to
+``after_s`` after. When the condition stops holding, the episode clears.
 """
 
 from __future__ import annotations
@@ -18,10 +18,19 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from canvoy.agent.collect import Sample, tee
+from canvoy.agent.episodes import EpisodeTracker, Fault, Transition
 from canvoy.errors import ConfigError
+from canvoy.wire.events import (
+    MAX_FREEZE_SAMPLES,
+    MAX_FREEZE_SIGNALS,
+    MAX_TEXT,
+    FreezeFrame,
+    TriggerEvent,
+)
 
 _HOLD = re.compile(r"^(?P<expr>.+?)\s+for\s+(?P<n>\d+(?:\.\d+)?)\s*(?P<unit>s|ms)\s*$")
 _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
@@ -45,6 +54,14 @@ class TriggerConfig:
     after_s: float = 5.0
 
     def __post_init__(self) -> None:
+        if not 1 <= len(self.name) <= MAX_TEXT or len(self.when) > MAX_TEXT:
+            raise ConfigError(
+                f"trigger {self.name[:40]!r}: name and condition must be 1-{MAX_TEXT} characters"
+            )
+        if len(self.freeze_frame) > MAX_FREEZE_SIGNALS:
+            raise ConfigError(
+                f"trigger {self.name}: at most {MAX_FREEZE_SIGNALS} freeze_frame signals"
+            )
         parse_condition(self.when)  # raises ConfigError naming the problem
         if self.before_s < 0 or self.after_s < 0:
             raise ConfigError(f"trigger {self.name}: before_s and after_s must be >= 0")
@@ -151,27 +168,42 @@ class _State:
     condition: Condition
     since: float | None = None
     active: bool = False
-    opened_seq: int | None = None
-    pending: dict[str, Any] | None = None  # a set event collecting its "after" samples
+    resumed: bool = False  # an episode open before a restart waits for the first evaluation
+    fired: float | None = None  # a set whose freeze frame is still collecting "after" samples
     ring: dict[str, deque[tuple[float, Any]]] = field(default_factory=dict)
+
+    @property
+    def scope(self) -> str:
+        return f"trigger:{self.config.name}"
+
+
+# What ``observe`` does after it lets go of the lock: report "on" or "off", or send a "frame".
+_Action = tuple[str, _State, float, FreezeFrame | None]
 
 
 class TriggerWatcher:
-    """Evaluates every trigger as samples arrive; emits set/clear events. Thread-safe."""
+    """Evaluates every trigger as samples arrive; reports their episodes. Thread-safe.
+
+    A trigger that fires opens an episode (``set``); once ``after_s`` has passed, an ``update``
+    carries the freeze frame; when the condition stops holding, ``clear``. After a restart, an
+    episode still open continues if the condition holds at its first evaluation (without
+    waiting for the hold time again) and is cleared if it does not.
+    """
 
     def __init__(
         self,
         triggers: tuple[TriggerConfig, ...],
-        emit_events: Callable[[list[Mapping[str, Any]]], int | None],
+        episodes: EpisodeTracker,
         context: Callable[[], dict[str, Any]] = dict,
     ) -> None:
         self._states = [_State(t, parse_condition(t.when)) for t in triggers]
-        self._emit = emit_events
+        self.episodes = episodes
+        for s in self._states:
+            s.resumed = s.config.name in episodes.open_keys(s.scope)
         self._context = context
         self._values: dict[str, float | str] = {}
         self._lock = threading.Lock()
         self._route: dict[str, list[tuple[_State, str | None, str | None]]] = {}
-        self.events = 0
 
     def _routes(self, key: str) -> list[tuple[_State, str | None, str | None]]:
         route = self._route.get(key)
@@ -189,7 +221,7 @@ class TriggerWatcher:
         """Look at one sample."""
         t, key, value = sample
         route = self._routes(key)
-        out: list[tuple[_State, dict[str, Any]]] = []
+        actions: list[_Action] = []
         with self._lock:
             for s, name, frozen in route:
                 if frozen is not None:
@@ -201,66 +233,73 @@ class TriggerWatcher:
                         ring.popleft()
                 if name is not None:
                     self._values[name] = value
-                    out += self._step(s, t)
+                    actions += self._step(s, t)
             for s in self._states:
-                if s.pending is not None and t > s.pending["t_ms"] / 1000 + s.config.after_s:
-                    out.append((s, self._freeze(s)))
-        for s, event in out:
-            seq = self._emit([event])
-            if event["state"] == "set" and seq is not None:
-                s.opened_seq = seq
-            self.events += 1
+                if s.fired is not None and t > s.fired + s.config.after_s:
+                    actions.append(self._take_frame(s))
+                # A condition still holding fires once its hold time has passed, even when its
+                # own signals are unchanged (and so not sampled): any later sample tells the time.
+                if s.since is not None and not s.active and t - s.since >= s.condition.hold_s:
+                    actions += self._step(s, t)
+        self._run(actions)
 
-    def _step(self, s: _State, t: float) -> list[tuple[_State, dict[str, Any]]]:
+    def _run(self, actions: list[_Action]) -> None:
+        for what, s, t, frame in actions:
+            if what == "frame":
+                self.episodes.touch(s.scope, s.config.name, partial(self._event, s, t, frame))
+            else:
+                active = {s.config.name: Fault(s.config.name)} if what == "on" else {}
+                build = partial(self._event, s, t, None)
+                self.episodes.report("trigger", s.scope, active, build, int(t * 1000))
+
+    def _step(self, s: _State, t: float) -> list[_Action]:
         holds = s.condition.evaluate(self._values)
         if not holds:
             s.since = None
-            if s.active:
-                s.active = False
-                event = self._event(s, t, "clear")
-                if s.opened_seq is not None:
-                    event["opened_seq"] = s.opened_seq
-                s.opened_seq = None
-                return [(s, event)]
-            return []
+            if not (s.active or s.resumed):
+                return []
+            out = [self._take_frame(s)] if s.fired is not None else []
+            s.active = s.resumed = False
+            return [*out, ("off", s, t, None)]
         if s.since is None:
             s.since = t
-        if not s.active and t - s.since >= s.condition.hold_s:
-            s.active = True
-            s.pending = self._event(s, t, "set")
+        if not s.active and (s.resumed or t - s.since >= s.condition.hold_s):
+            s.fired = None if s.resumed else t  # a resumed episode sent its frame before
+            s.active, s.resumed = True, False
+            return [("on", s, t, None)]
         return []
 
-    def _event(self, s: _State, t: float, state: str) -> dict[str, Any]:
-        event = {
-            "type": "trigger",
-            "name": s.config.name,
-            "code": s.config.name,
-            "state": state,
-            "t_ms": int(t * 1000),
-            "condition": s.condition.text,
-            **self._context(),
-        }
-        return event
-
-    def _freeze(self, s: _State) -> dict[str, Any]:
-        event = s.pending or {}
-        s.pending = None
-        fired = event["t_ms"] / 1000
+    def _take_frame(self, s: _State) -> _Action:
+        """The freeze frame of the last set: ``before_s`` before it to ``after_s`` after."""
+        fired = s.fired if s.fired is not None else 0.0
+        s.fired = None
         low, high = fired - s.config.before_s, fired + s.config.after_s
-        event["freeze_frame"] = {
-            name: [[int(t * 1000), v] for t, v in ring if low <= t <= high]
-            for name, ring in s.ring.items()
-        }
-        return event
+        frame = {}
+        for name, ring in s.ring.items():
+            samples = [[int(t * 1000), v] for t, v in ring if low <= t <= high]
+            # The protocol's bound per signal: a fast signal is thinned evenly to fit.
+            step = -(-len(samples) // MAX_FREEZE_SAMPLES)
+            frame[name] = samples[::step] if step > 1 else samples
+        return ("frame", s, fired, frame)
+
+    def _event(
+        self, s: _State, t: float, frame: FreezeFrame | None, step: Transition
+    ) -> TriggerEvent:
+        return TriggerEvent(
+            t_ms=int(t * 1000),
+            name=s.config.name,
+            state=step.state,
+            condition=s.condition.text,
+            episode=step.episode.id,
+            freeze_frame=frame,
+            **self._context(),
+        )
 
     def flush(self) -> None:
-        """Emit set events still collecting their freeze frame (shutdown)."""
+        """Send freeze frames still collecting their "after" samples (shutdown)."""
         with self._lock:
-            ready = [(s, self._freeze(s)) for s in self._states if s.pending is not None]
-        for s, event in ready:
-            seq = self._emit([event])
-            if seq is not None:
-                s.opened_seq = seq
+            actions = [self._take_frame(s) for s in self._states if s.fired is not None]
+        self._run(actions)
 
     def wrap(self, emit: Callable[[Sample], None]) -> Callable[[Sample], None]:
         """An emit function that passes samples on and watches them."""

@@ -10,6 +10,7 @@ from typing import Any
 
 from canvoy.bridge.verify import Verified
 from canvoy.wire import body
+from canvoy.wire.events import to_map
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ def records(verified: Verified) -> list[Record]:
         out = []
         for i, event in enumerate(parsed):
             key = f"{e.key}:{i}"
-            out.append(Record(key, e.device, e.kind, {**head, "key": key, "event": event}))
+            data = {**head, "key": key, "event": to_map(event)}
+            out.append(Record(key, e.device, e.kind, data))
         return out
     status = parsed
     data = {

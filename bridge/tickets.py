@@ -1,10 +1,13 @@
 """Service tickets from diagnostic events: one ticket per fault episode, the same on every bridge.
 
-A ``dtc`` event with state ``set`` opens an episode; ``clear`` closes it. The ticket id is
-``<device>:<code>:<seq>`` where ``seq`` is the sequence number of the envelope that opened the
-episode (a clear event carries it as ``opened_seq``), so whichever bridge instance sees an event,
-before or after a restart, derives the same id; the webhook's ``Idempotency-Key`` is the id and
-the status, so a redelivered event never makes a second ticket.
+Every event of an episode carries the episode's id (``episode``), so the ticket id
+``<device>:<episode>`` is derived from the event alone: whichever bridge instance sees an
+event, before or after a restart, names the same ticket. A ``set`` opens the ticket (status
+``open``), an ``update`` (a freeze frame, an occurrence count, an FMI, an OBD-II status)
+updates it, a ``clear`` closes it. The webhook's idempotency key is the ticket id and the
+status (and, for updates, the event's place), so a redelivered event never makes a second
+ticket or a second update. Events from agents that predate episodes are named
+``<device>:<code>:<seq>`` after ``opened_seq`` (or their own envelope), as those agents did.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from typing import Any, Literal
 from canvoy.bridge.records import Record
 from canvoy.bridge.verify import Verified
 from canvoy.errors import ConfigError
+from canvoy.wire.events import DtcEvent, EpisodeEvent, TriggerEvent
 
 Severity = Literal["low", "medium", "high", "critical"]
+STATUS = {"set": "open", "update": "updated", "clear": "closed"}
 
 # SAE J2012 descriptions of the codes the demo vehicle and common OBD-II cars report.
 DESCRIPTIONS = {
@@ -48,10 +53,17 @@ class ServiceRule:
             raise ConfigError("service_rules: 'match' must not be empty")
 
 
-def _title(code: str, event: dict[str, Any]) -> str:
-    if event.get("type") == "trigger":
-        return f"Trigger {code}: {event.get('condition', '')}"
-    return DESCRIPTIONS.get(code, f"Diagnostic trouble code {code}")
+def _title(event: EpisodeEvent) -> str:
+    if isinstance(event, TriggerEvent):
+        return f"Trigger {event.name}: {event.condition}" if event.condition else event.name
+    return DESCRIPTIONS.get(event.code, f"Diagnostic trouble code {event.code}")
+
+
+def _names(event: EpisodeEvent) -> tuple[str, ...]:
+    """What a rule may match: the code or trigger name; on J1939 also ``SPN<n>`` alone."""
+    if isinstance(event, DtcEvent) and event.spn is not None:
+        return (event.code, f"SPN{event.spn}")
+    return (event.code,)
 
 
 class Ticketing:
@@ -60,9 +72,11 @@ class Ticketing:
     def __init__(self, rules: tuple[ServiceRule, ...]) -> None:
         self.rules = rules
 
-    def rule_for(self, code: str) -> ServiceRule | None:
-        """The first rule matching ``code``."""
-        return next((r for r in self.rules if fnmatch.fnmatchcase(code, r.match)), None)
+    def rule_for(self, *names: str) -> ServiceRule | None:
+        """The first rule matching any of ``names``."""
+        return next(
+            (r for r in self.rules if any(fnmatch.fnmatchcase(n, r.match) for n in names)), None
+        )
 
     def tickets(self, verified: Verified) -> list[Record]:
         """The ticket records of one events envelope (none when no rule matches)."""
@@ -71,29 +85,40 @@ class Ticketing:
             return []
         out = []
         for i, event in enumerate(verified.parsed):
-            code = str(event.get("code") or event.get("name") or "")
-            rule = self.rule_for(code) if code else None
+            if not isinstance(event, DtcEvent | TriggerEvent):
+                continue
+            rule = self.rule_for(*_names(event))
             if rule is None:
                 continue
-            opened = event.get("opened_seq", e.seq)
-            ticket_id = f"{e.device}:{code}:{opened}"
-            state = event.get("state", "set")
-            status = {"set": "open", "clear": "closed"}.get(str(state), "updated")
+            if event.episode is not None:
+                ticket_id = f"{e.device}:{event.episode}"
+            else:
+                ticket_id = f"{e.device}:{event.code}:{event.opened_seq or e.seq}"
+            status = STATUS[event.state]
             data: dict[str, Any] = {
                 "ticket_id": ticket_id,
                 "status": status,
                 "device": e.device,
+                "episode": event.episode,
                 "severity": rule.severity,
-                "title": rule.title or _title(code, event),
+                "title": rule.title or _title(event),
                 "recommended_action": rule.action,
-                "dtcs": [{"code": code, "description": DESCRIPTIONS.get(code, "")}],
-                "event_time_ms": event.get("t_ms"),
-                "odometer_km": event.get("odometer_km"),
-                "location": event.get("location"),  # only present when the owner consented
-                "freeze_frame": event.get("freeze_frame"),
+                "dtcs": [{"code": event.code, "description": DESCRIPTIONS.get(event.code, "")}],
+                "source": event.source if isinstance(event, DtcEvent) else "trigger",
+                "event_time_ms": event.t_ms,
+                "odometer_km": event.odometer_km,
+                "location": event.location,  # only present when the owner consented
+                "freeze_frame": event.freeze_frame,
                 "evidence": [
                     {"envelope": e.key, "event_index": i, "digest_sha256": verified.signed.digest}
                 ],
             }
-            out.append(Record(f"{ticket_id}:{status}", e.device, "tickets", data))
+            if isinstance(event, DtcEvent):
+                for name in ("spn", "fmi", "occurrences", "lamps", "dtc_status"):
+                    if getattr(event, name) is not None:
+                        data[name] = getattr(event, name)
+            if event.note is not None:
+                data["note"] = event.note
+            key = f"{ticket_id}:{status}" if status != "updated" else f"{ticket_id}:{e.key}:{i}"
+            out.append(Record(key, e.device, "tickets", data))
         return out

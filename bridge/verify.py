@@ -24,6 +24,7 @@ from canvoy.wire.errors import (
     ReplayError,
     SignatureError,
 )
+from canvoy.wire.events import Event, parse_events
 from canvoy.wire.keys import DeviceKey, DeviceKeys
 from canvoy.wire.topics import parse_topic
 
@@ -98,10 +99,10 @@ class ReplayWindow:
                 state[1].discard(seq)
 
 
-Parsed = body.Telemetry | list[dict[str, Any]] | body.Status
+Parsed = body.Telemetry | list[Event] | body.Status
 _PARSERS: dict[str, Callable[[Mapping[str, Any]], Parsed]] = {
     "telemetry": body.parse_telemetry,
-    "events": body.parse_events,
+    "events": parse_events,
     "status": body.parse_status,
 }
 

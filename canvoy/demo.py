@@ -47,20 +47,37 @@ SPEED = "x20"
 
 @dataclass
 class ServiceDesk:
-    """A stand-in for a CRM / service-order system: accepts webhooks and keeps them."""
+    """A stand-in for a CRM / service-order system: verifies webhooks and keeps them.
 
+    Every delivery is checked with the ``standardwebhooks`` package against the secret the
+    bridge signs with, as a real service desk would; one that does not verify gets a 401.
+    """
+
+    secret_file: Path
     received: list[dict[str, Any]] = field(default_factory=list)
+    rejected: int = 0
     server: ThreadingHTTPServer | None = None
 
     def start(self) -> int:
         """Listen on a free loopback port; return it."""
+        # The bridge's extra; a vehicle-only install has the CLI without it.
+        from standardwebhooks import Webhook, WebhookVerificationError
+
         desk = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                try:
+                    secret = desk.secret_file.read_text().strip()
+                    Webhook(secret).verify(data, dict(self.headers.items()))
+                except (OSError, ValueError, WebhookVerificationError):
+                    desk.rejected += 1
+                    self.send_response(401)
+                    self.end_headers()
+                    return
                 desk.received.append(
-                    {"key": self.headers.get("Idempotency-Key"), "body": json.loads(data)}
+                    {"key": self.headers.get("webhook-id"), "body": json.loads(data)}
                 )
                 self.send_response(201)
                 self.end_headers()
@@ -80,12 +97,18 @@ class ServiceDesk:
             self.server.server_close()
 
     def tickets(self) -> list[dict[str, Any]]:
-        """The service tickets the desk received (de-duplicated by Idempotency-Key)."""
+        """The service ticket changes the desk received (de-duplicated by webhook-id)."""
         seen: dict[str, dict[str, Any]] = {}
         for item in self.received:
             if "ticket_id" in item["body"]:
                 seen[item["key"]] = item["body"]
         return list(seen.values())
+
+    def unclosed(self) -> set[str]:
+        """Tickets that opened and have not closed (yet)."""
+        changes = self.tickets()
+        opened = {t["ticket_id"] for t in changes if t["status"] == "open"}
+        return opened - {t["ticket_id"] for t in changes if t["status"] == "closed"}
 
 
 def _free_port() -> int:
@@ -140,7 +163,7 @@ def run_demo(workdir: Path, console: Console) -> int:
         broker_log = stack.enter_context((workdir / "mosquitto.log").open("wb"))
         broker.start(log=broker_log)
         stack.callback(broker.stop)
-        desk = ServiceDesk()
+        desk = ServiceDesk(workdir / "webhook-secret")  # written by 'canvoy bridge init'
         desk_port = desk.start()
         stack.callback(desk.stop)
         console.print(
@@ -150,9 +173,9 @@ def run_demo(workdir: Path, console: Console) -> int:
         bridge = _start_bridge(stack, workdir, certs, port, desk_port)
         _run_agent(workdir, certs, port, log=log, desk=desk, console=console)
         _wait(
-            lambda: any(t["status"] == "closed" for t in desk.tickets()),
+            lambda: bool(desk.tickets()) and not desk.unclosed(),
             60,
-            "the service ticket reaching the service desk",
+            "every service ticket that opened closing at the service desk",
         )
         bridge.terminate()
         bridge.wait(15)
@@ -181,8 +204,7 @@ def _prepare(workdir: Path, certs: Path, console: Console) -> Path:
 def _start_bridge(
     stack: ExitStack, workdir: Path, certs: Path, port: int, desk_port: int
 ) -> subprocess.Popen[bytes]:
-    secret = workdir / "webhook-secret"
-    secret.write_text("demo-secret\n")
+    secret = workdir / "webhook-secret"  # 'canvoy bridge init' writes a new one here
     bridge_yaml = workdir / "bridge.yaml"
     _canvoy(
         "bridge",
@@ -340,7 +362,14 @@ def _summary(console: Console, workdir: Path, desk: ServiceDesk, port: int) -> N
         f"      envelopes verified   {bridge.get('verified', 0)} by the bridge, "
         f"{bridge.get('forwarded', 0)} forwarded"
     )
-    for t in desk.tickets():
+    changes = desk.tickets()
+    opened = {t["ticket_id"] for t in changes if t["status"] == "open"}
+    console.print(
+        f"      service desk         {len(changes)} ticket change(s) verified with "
+        f"standardwebhooks, {desk.rejected} rejected; {len(opened)} ticket(s) opened, "
+        f"{len(opened) - len(desk.unclosed())} closed"
+    )
+    for t in changes:
         where = f", at {t['location']['lat']}, {t['location']['lon']}" if t.get("location") else ""
         dtc = t["dtcs"][0]
         frame = t.get("freeze_frame") or {}

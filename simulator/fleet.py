@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from canvoy.wire import body
 from canvoy.wire.envelope import Envelope, sign
+from canvoy.wire.events import Event, events_content
 from canvoy.wire.topics import Kind, topic
 
 
@@ -74,9 +75,9 @@ class VirtualDevice:
         }
         return self.seal("telemetry", body.telemetry_content(self.policy, columns))
 
-    def events(self, events: Sequence[Mapping[str, Any]]) -> bytes:
+    def events(self, events: Sequence[Event]) -> bytes:
         """An events envelope."""
-        return self.seal("events", body.events_content(events))
+        return self.seal("events", events_content(events))
 
 
 def drive_series(

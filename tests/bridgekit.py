@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -14,19 +15,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from canvoy.certs import pki
 from tests.agentkit import REPO
 from tests.conftest import RunningBroker, free_port
 from tests.waiting import wait_for
 
+# A Standard Webhooks secret (whsec_ + base64 of 24 bytes), shared by bridge configs and receivers.
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"canvoy test webhook key!").decode()
+
 
 @dataclass
 class Received:
-    """One request the receiver got."""
+    """One request the receiver got, and whether its signature verified."""
 
     headers: dict[str, str]
     body: bytes
+    verified: bool = False
 
     @property
     def json(self) -> Any:
@@ -36,7 +42,11 @@ class Received:
 
 @dataclass
 class WebhookReceiver:
-    """A real HTTP server on 127.0.0.1 that records POSTs; it can be taken down and back up."""
+    """A real HTTP server on 127.0.0.1 that records POSTs; it can be taken down and back up.
+
+    Like a service desk, it verifies every request with the ``standardwebhooks`` package and
+    answers 401 to one that does not verify (recorded with ``verified`` False).
+    """
 
     port: int = field(default_factory=free_port)
     requests: list[Received] = field(default_factory=list)
@@ -58,9 +68,16 @@ class WebhookReceiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                receiver.requests.append(Received(dict(self.headers.items()), data))
+                headers = dict(self.headers.items())
+                try:
+                    Webhook(WEBHOOK_SECRET).verify(data, headers)
+                    verified = True
+                except WebhookVerificationError:
+                    verified = False
+                receiver.requests.append(Received(headers, data, verified))
                 refused = receiver.refuse is not None and receiver.refuse in data
-                self.send_response(400 if refused else receiver.status)
+                status = 400 if refused else receiver.status
+                self.send_response(status if verified else 401)
                 self.end_headers()
                 self.wfile.write(b"{}")
 
@@ -148,7 +165,7 @@ def bridge_config(
         events.append("files")
     if webhook is not None:
         secret = path.parent / "webhook-secret"
-        secret.write_text("s3cret\n")
+        secret.write_text(WEBHOOK_SECRET + "\n")
         sinks.append(
             f"  desk: {{type: webhook, url: '{webhook}', secret_file: '{secret}', "
             f"dead_letter: '{path.parent / 'dead'}', retry_min_s: 0.2, retry_max_s: 2}}"

@@ -27,7 +27,6 @@ MAX_STRING_BYTES = 8 * 1024
 MAX_DEPTH = 8  # nested maps and arrays in a body, the body's own map included
 MAX_SERIES = 4096  # series in one telemetry body
 MAX_SAMPLES = 65_536  # samples in one telemetry body, and so in any one series
-MAX_EVENTS = 1000  # events in one events body
 _CONTAINERS = frozenset({list, dict})
 _ZSTD_LEVEL = 3
 _compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
@@ -185,35 +184,6 @@ def parse_telemetry(content: Mapping[str, Any]) -> Telemetry:
         times = tuple(accumulate(deltas, initial=t0))[1:]
         out.append(Series(key, times, tuple(values)))
     return Telemetry(policy=policy, series=tuple(out))
-
-
-# -- events -----------------------------------------------------------------------------------
-
-EVENT_TYPES = ("dtc", "trigger", "agent")
-
-
-def events_content(events: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The map for an events envelope."""
-    return {"events": list(events)}
-
-
-def parse_events(content: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Check an events body: a list of maps, each with ``type`` and ``t_ms``.
-
-    Raises:
-        MalformedError: the list or an event is malformed.
-    """
-    events = _get(content, "events", list)
-    if len(events) > MAX_EVENTS:
-        raise MalformedError(f"{len(events)} events in one body, more than {MAX_EVENTS}")
-    for i, event in enumerate(events):
-        if not isinstance(event, dict):
-            raise MalformedError(f"event {i} is not a map")
-        if event.get("type") not in EVENT_TYPES:
-            raise MalformedError(f"event {i} has unknown type {event.get('type')!r}")
-        if type(event.get("t_ms")) is not int:
-            raise MalformedError(f"event {i} has no integer t_ms")
-    return list(events)
 
 
 # -- status -----------------------------------------------------------------------------------

@@ -1,26 +1,30 @@
 """``type: webhook``: signed HTTP POSTs of JSON to a CRM or service-order system.
 
-Each record is one POST with ``Idempotency-Key`` (the record key), ``Canvoy-Timestamp`` and
-``Canvoy-Signature: v1=<hex HMAC-SHA256 of "<timestamp>.<body>">`` with the shared secret, as
-Stripe and Standard Webhooks do. Failures are retried with exponential back-off and jitter for up
-to ``max_elapsed_s``; then the request goes to the dead-letter directory, from which
-``canvoy bridge redeliver`` sends it again. A dead letter on disk counts as accepted.
+Each record is one POST signed by the Standard Webhooks scheme (standardwebhooks.com), so a
+receiver verifies it with that project's libraries: ``webhook-id`` (the record key, the same on
+every retry; also sent as ``Idempotency-Key``), ``webhook-timestamp`` (Unix seconds of this
+attempt) and ``webhook-signature: v1,<base64 HMAC-SHA256 of "<id>.<timestamp>.<body>">`` with
+the shared secret, which the secret file holds as ``whsec_<base64>``. Failures are retried with
+exponential back-off and jitter for up to ``max_elapsed_s``; then the request goes to the
+dead-letter directory, from which ``canvoy bridge redeliver`` sends it again (signed anew). A
+dead letter on disk counts as accepted.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import base64
 import json
 import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+from standardwebhooks import Webhook
 from tenacity import (
     RetryError,
     Retrying,
@@ -36,8 +40,7 @@ from canvoy.config import build
 from canvoy.errors import ConfigError, SinkError
 
 log = logging.getLogger(__name__)
-SIGNATURE_HEADER = "Canvoy-Signature"
-TIMESTAMP_HEADER = "Canvoy-Timestamp"
+SECRET_PREFIX = "whsec_"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -61,10 +64,47 @@ class WebhookConfig:
             raise ConfigError("max_elapsed_s must be >= 0 and retry_min_s > 0")
 
 
-def sign(secret: bytes, timestamp: str, body: bytes) -> str:
-    """The ``Canvoy-Signature`` value for ``body`` sent at ``timestamp``."""
-    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-    return f"v1={mac}"
+def read_secret(path: Path, name: str) -> Webhook:
+    """The signer for the ``whsec_<base64>`` secret in ``path``.
+
+    Raises:
+        ConfigError: the file is missing, empty or not a Standard Webhooks secret.
+    """
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"sinks.{name}.secret_file: cannot read {path}: {exc}") from exc
+    problem = (
+        f"sinks.{name}.secret_file {path} does not hold a Standard Webhooks secret: it must "
+        "read whsec_<base64 of 24 to 64 random bytes>; 'canvoy bridge init --webhook-secret-file' "
+        "writes one"
+    )
+    if not text.startswith(SECRET_PREFIX):
+        raise ConfigError(problem)
+    try:
+        key = base64.b64decode(text[len(SECRET_PREFIX) :], validate=True)
+    except ValueError as exc:
+        raise ConfigError(problem) from exc
+    if not 24 <= len(key) <= 64:
+        raise ConfigError(problem)
+    return Webhook(key)
+
+
+def new_secret() -> str:
+    """A fresh ``whsec_`` secret (24 random bytes)."""
+    return SECRET_PREFIX + base64.b64encode(os.urandom(24)).decode()
+
+
+def signed_headers(signer: Webhook, key: str, body: bytes, now: float) -> dict[str, str]:
+    """The headers of one delivery attempt of ``body``: Standard Webhooks, signed at ``now``."""
+    timestamp = datetime.fromtimestamp(int(now), UTC)
+    return {
+        "Content-Type": "application/json",
+        "Idempotency-Key": key,
+        "webhook-id": key,
+        "webhook-timestamp": str(int(now)),
+        "webhook-signature": signer.sign(key, timestamp, body.decode()),
+    }
 
 
 class _RetryableError(Exception):
@@ -82,14 +122,7 @@ class WebhookSink:
         """
         self.name = name
         self.config = config
-        try:
-            self._secret = config.secret_file.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(
-                f"sinks.{name}.secret_file: cannot read {config.secret_file}: {exc.strerror}"
-            ) from exc
-        if not self._secret:
-            raise ConfigError(f"sinks.{name}.secret_file {config.secret_file} is empty")
+        self._signer = read_secret(config.secret_file, name)
         self._client = httpx.Client(timeout=config.timeout_s)
         self.delivered = 0
         self.dead_lettered = 0
@@ -100,13 +133,7 @@ class WebhookSink:
         Raises:
             httpx.HTTPError: the request failed on the network.
         """
-        timestamp = str(int(time.time()))
-        headers = {
-            "Content-Type": "application/json",
-            "Idempotency-Key": key,
-            TIMESTAMP_HEADER: timestamp,
-            SIGNATURE_HEADER: sign(self._secret, timestamp, body),
-        }
+        headers = signed_headers(self._signer, key, body, time.time())
         return self._client.post(self.config.url, content=body, headers=headers)
 
     def _attempt(self, key: str, body: bytes) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -149,10 +150,23 @@ def _init(args: argparse.Namespace) -> int:
         routes=routes,
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    if args.webhook and not args.webhook_secret_file.exists():
+        _write_secret(args.webhook_secret_file)
     args.output.write_text(text)
     load_config(args.output)
     print(f"wrote {args.output}; run it with: canvoy bridge run --config {args.output}")
     return 0
+
+
+def _write_secret(path: Path) -> None:
+    """A new Standard Webhooks secret, readable by its owner only; the desk gets a copy."""
+    from canvoy.bridge.sinks.webhook import new_secret
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(new_secret() + "\n")
+    print(f"wrote a new webhook secret to {path}: give the service desk a copy to verify with")
 
 
 def _run(args: argparse.Namespace) -> int:

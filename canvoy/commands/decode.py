@@ -115,6 +115,7 @@ def _summary(decoder: Decoder, replay: ReplayStats, written: int, seconds: float
     s = decoder.stats
     print(
         f"frames read {s.frames}, decoded {s.decoded} ({written} written), "
+        f"multi-frame {s.reassembled} ({s.transport} frames), "
         f"unknown ids {len(s.unknown)} ({s.unknown_frames} frames), malformed {s.malformed}, "
         f"error frames {s.error_frames}, bad log lines {replay.bad_lines}, "
         f"{seconds:.2f} s, {s.frames / seconds if seconds else 0:,.0f} frames/s",

@@ -9,6 +9,7 @@ import can
 import pytest
 
 from canvoy.agent.collect import Sample
+from canvoy.agent.episodes import EpisodeTracker
 from canvoy.agent.isotp import reassemble
 from canvoy.agent.obd import ObdConfig, ObdPoller, parse_dtcs, parse_pid
 from canvoy.agent.source import read_log
@@ -68,7 +69,7 @@ def test_the_agent_reads_pids_and_dtcs_from_the_simulated_ecu() -> None:
         notifier,
         ObdConfig(timeout_s=2.0),
         emit=samples.append,
-        emit_events=events.extend,
+        episodes=EpisodeTracker(lambda batch, _changes: events.extend(batch)),
     )
     try:
         assert poller.discover() == [0]
@@ -95,7 +96,13 @@ def test_the_agent_reads_pids_and_dtcs_from_the_simulated_ecu() -> None:
         "obd/OBD_7E8/VehicleSpeed",
         "obd/OBD_7E8/CoolantTemp",
     ]
-    assert [(e["code"], e["state"]) for e in events] == [("P0217", "set"), ("P0217", "clear")]
+    # One episode per code: stored (and permanent) P0217 opens and closes; pending P0128 opens.
+    assert [(e.code, e.state, e.dtc_status) for e in events] == [
+        ("P0128", "set", ["pending"]),
+        ("P0217", "set", ["stored", "permanent"]),
+        ("P0217", "clear", None),
+    ]
+    assert events[1].episode == events[2].episode != events[0].episode
 
 
 def test_a_silent_bus_times_out_and_is_counted() -> None:
@@ -107,7 +114,7 @@ def test_a_silent_bus_times_out_and_is_counted() -> None:
         notifier,
         ObdConfig(timeout_s=0.2),
         emit=lambda _s: None,
-        emit_events=lambda _e: None,
+        episodes=EpisodeTracker(lambda _e, _c: None),
     )
     try:
         assert poller.discover() == []

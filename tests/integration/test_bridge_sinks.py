@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from canvoy.simulator.fleet import VirtualDevice
+from canvoy.wire.events import AgentEvent
 from tests.agentkit import stop
 from tests.bridgekit import WebhookReceiver, bridge_config, bridge_ready, read_jsonl, start_bridge
 from tests.conftest import RunningBroker
@@ -50,7 +51,7 @@ def test_a_refusing_sink_and_a_down_sink_hold_back_no_other(
         started = time.monotonic()
         for i in range(EVENTS):
             note = "refuse-me" if i == 7 else f"ok-{i}"
-            event = {"type": "agent", "t_ms": 1_700_000_000_000 + i, "note": note}
+            event = AgentEvent(t_ms=1_700_000_000_000 + i, what="test", detail=note)
             conn.publish(car.topic("events"), car.events([event])).result(5)
         # The file sink has everything while sink b is still down.
         wait_for(lambda: len(read_jsonl(out)) == EVENTS, timeout_s=DOWN_S - 5, what="the file")

@@ -14,6 +14,7 @@ from canvoy.certs import pki
 from canvoy.simulator.model import Vehicle
 from canvoy.simulator.obd import ObdEcu
 from canvoy.wire import body
+from canvoy.wire.events import AgentEvent, parse_events
 from tests.agentkit import TEST_DBC, Recorder
 from tests.conftest import RunningBroker
 from tests.waiting import wait_for
@@ -55,7 +56,11 @@ mqtt: {{host: 127.0.0.1, port: {broker.port}}}
             if e.kind == "telemetry":
                 keys |= {s.key for s in body.parse_telemetry(content).series}
             else:
-                codes += [(str(x["code"]), str(x["state"])) for x in body.parse_events(content)]
+                codes += [
+                    (x.code, x.state)
+                    for x in parse_events(content)
+                    if not isinstance(x, AgentEvent)
+                ]
         return keys, codes
 
     try:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import can
 import pytest
@@ -16,6 +17,7 @@ from canvoy.agent.collect import Sample
 from canvoy.agent.database import build_index, load_databases
 from canvoy.agent.decode import Decoder
 from canvoy.agent.diagnostics import DiagnosticsConfig, DtcWatcher
+from canvoy.agent.episodes import EpisodeTracker
 from canvoy.agent.ingest import Ingest
 from canvoy.agent.policy import load_policy
 from canvoy.agent.source import read_log
@@ -145,8 +147,10 @@ def test_noise_is_counted_by_the_agent_not_fatal(tmp_path: Path) -> None:
 def test_the_agent_turns_the_dtc_broadcast_into_set_and_clear_events(tmp_path: Path) -> None:
     log = tmp_path / "overheat.blf"
     record(Drive(load_scenario("overheat"), seed=1), log, 600.0)
-    events: list[dict[str, object]] = []
-    watcher = DtcWatcher(DiagnosticsConfig(), events.extend)  # type: ignore[arg-type]
+    events: list[Any] = []
+    watcher = DtcWatcher(
+        DiagnosticsConfig(), EpisodeTracker(lambda batch, _changes: events.extend(batch))
+    )
     bus = build(
         BusConfig,
         {"name": "car", "databases": [str(p) for p in DATABASES], "replay": str(log)},
@@ -156,9 +160,11 @@ def test_the_agent_turns_the_dtc_broadcast_into_set_and_clear_events(tmp_path: P
         [bus], load_policy(REPO / "dbc" / "demo_policy.yaml"), watcher.wrap(lambda _s: None)
     )
     ingest._replay(ingest.channels[0])
-    assert [(e["code"], e["state"]) for e in events] == [("P0217", "set"), ("P0217", "clear")]
-    assert "location" in events[0]  # the demo policy consents to (coarsened) location
-    assert events[0]["odometer_km"]
+    watcher.tick(settle_s=0.0)
+    assert [(e.code, e.state) for e in events] == [("P0217", "set"), ("P0217", "clear")]
+    assert events[0].location  # the demo policy consents to (coarsened) location
+    assert events[0].odometer_km
+    assert events[0].episode == events[1].episode
 
 
 def test_unknown_scenario_names_the_choices() -> None:
