@@ -7,6 +7,7 @@ bodies from devices it trusts only as far as their signatures go. See docs/PROTO
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -20,16 +21,21 @@ from canvoy.wire.errors import MalformedError
 
 MAX_BODY_BYTES = 4 * 1024 * 1024  # decompressed; a 128 KiB payload never needs more
 _ZSTD_LEVEL = 3
-_compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+# python-zstandard contexts are not thread-safe (two threads sharing one compressor corrupt its
+# state, up to a segfault): each thread that encodes gets its own, made on its first encode.
+_contexts = threading.local()
 Scalar = int | float | str | bool
 _INT = frozenset({int})
 _SCALARS = frozenset({int, float, str, bool})
 
 
 def encode(content: Mapping[str, Any]) -> tuple[Encoding, bytes]:
-    """msgpack ``content``; zstd-compress it when that is smaller."""
+    """msgpack ``content``; zstd-compress it when that is smaller. Safe from any thread."""
     raw = bytes(msgpack.packb(content, use_bin_type=True))
-    packed = _compressor.compress(raw)
+    compressor: zstandard.ZstdCompressor | None = getattr(_contexts, "compressor", None)
+    if compressor is None:
+        compressor = _contexts.compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    packed = compressor.compress(raw)
     return ("zstd", packed) if len(packed) < len(raw) else ("none", raw)
 
 
