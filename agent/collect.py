@@ -8,6 +8,7 @@ alone never force a decode.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,8 +19,10 @@ from cantools.database.can import Message
 
 from canvoy.agent.database import EXTENDED, Index, signal_bits
 from canvoy.agent.decode import DecodeStats, Value, data_frame_key, decode_payload
+from canvoy.agent.faults import FaultLog
 from canvoy.agent.policy import Policy, SignalPlan
 
+log = logging.getLogger(__name__)
 INF = math.inf
 
 
@@ -120,10 +123,18 @@ class Collector(can.Listener):
         self.stats = DecodeStats()
         self.bus_errors = 0
         self.last_error: Exception | None = None
+        self.faults = FaultLog(log, f"bus {bus}: a frame was skipped")
         self._entries: dict[int, _Entry] = {}
 
     def on_message_received(self, msg: can.Message) -> None:
-        """Handle one frame; never raises for bad traffic (it is counted instead)."""
+        """Handle one frame; never raises: bad traffic is counted, and a failure in decoding,
+        the policy, diagnostics or batching is counted and logged, and the frame skipped."""
+        try:
+            self._handle(msg)
+        except Exception as exc:  # one frame never stops a bus
+            self.faults.record(f"{type(exc).__name__}: {exc}")
+
+    def _handle(self, msg: can.Message) -> None:
         stats = self.stats
         key = data_frame_key(msg, stats)
         if key is None:

@@ -18,6 +18,7 @@ from canvoy.agent.policy import Policy
 from canvoy.agent.source import (
     BusSupervisor,
     ReplayStats,
+    check_log,
     open_bus,
     paced,
     parse_speed,
@@ -63,6 +64,10 @@ class _Tee(can.Listener):
         self.collector.on_error(exc)
 
 
+def _warn(bus: str, text: str) -> None:
+    log.warning("bus %s: replay: %s", bus, text)
+
+
 class Ingest:
     """Frames from every bus in the config to samples, through one Collector per bus.
 
@@ -79,10 +84,18 @@ class Ingest:
         on_unknown: Callable[[can.Message], None] | None = None,
         taps: Callable[[BusConfig, bool], list[can.Listener]] | None = None,
         on_open: Callable[[BusConfig], OnOpen | None] | None = None,
+        room: Callable[[], bool] | None = None,
     ) -> None:
         """``taps(bus, is_j1939)`` gives extra listeners that see every raw frame of a bus
-        (J1939 DM1 and transport-protocol reassembly)."""
+        (J1939 DM1 and transport-protocol reassembly). ``room()`` says whether the queue
+        behind ``emit`` has room: a log replay waits for it (a file can wait, a bus cannot);
+        live buses never wait.
+
+        Raises:
+            DecodeError: a database cannot be loaded, or a replayed log has no readable frame.
+        """
         self._stop = threading.Event()
+        self._room = room
         self.channels: list[Channel] = []
         for bus in buses:
             index = build_index(load_databases(bus.databases), j1939=bus.j1939)
@@ -109,7 +122,9 @@ class Ingest:
                     bus.name, listener, opener, on_open=on_open(bus) if on_open else None
                 )
             else:
-                channel.replay = ReplayStats()
+                assert bus.replay is not None
+                check_log(bus.replay)  # refuse at start, not in a thread later
+                channel.replay = ReplayStats(on_warning=partial(_warn, bus.name))
                 channel.thread = threading.Thread(
                     target=self._replay, args=(channel,), name=f"replay-{bus.name}", daemon=True
                 )
@@ -140,10 +155,21 @@ class Ingest:
         bus = channel.config
         assert bus.replay is not None and channel.replay is not None
         on_frame = channel.listener.on_message_received
+        room, stop = self._room, self._stop
         try:
             frames = replay_frames(bus.replay, loop=bus.loop, stats=channel.replay)
-            for msg in paced(frames, parse_speed(bus.speed), self._stop):
+            for msg in paced(frames, parse_speed(bus.speed), stop):
+                if room is not None and not room():
+                    while not room() and not stop.wait(0.002):
+                        pass
                 on_frame(msg)
         except Exception as exc:  # the ingest loop survives anything a log file does
             channel.replay.errors.append(str(exc))
             log.error("bus %s: replay of %s stopped: %s", bus.name, bus.replay, exc)
+        if channel.replay.bad_lines:
+            log.warning(
+                "bus %s: replay: %d unreadable line(s) of %s skipped",
+                bus.name,
+                channel.replay.bad_lines,
+                bus.replay,
+            )

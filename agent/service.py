@@ -25,6 +25,7 @@ from canvoy.agent.obd import ObdPoller
 from canvoy.agent.outbox import Outbox
 from canvoy.agent.policy import load_policy
 from canvoy.agent.publish import Identity, Publisher
+from canvoy.agent.sealer import Sealer
 from canvoy.agent.triggers import TriggerWatcher
 from canvoy.wire import body
 from canvoy.wire.envelope import Envelope, sign
@@ -57,16 +58,28 @@ class Agent:
         self.policy = load_policy(config.policy)
         self.outbox = Outbox(config.outbox, device=config.device, boot=self.boot, key=self.key)
         self.batcher = Batcher(config.batch, self.outbox.seal, self.policy.hash)
-        self.dtcs = DtcWatcher(config.diagnostics, self.batcher.add_events)
+        # Bus threads hand samples and events to the sealing thread, which owns the batcher.
+        self.sealer = Sealer(
+            self.batcher,
+            self.outbox.reserve,
+            max_samples=config.batch.queue_samples,
+            max_events=config.batch.queue_events,
+        )
+        self.dtcs = DtcWatcher(config.diagnostics, self.sealer.add_events)
         self.triggers = TriggerWatcher(
-            config.diagnostics.triggers, self.batcher.add_events, self.dtcs.context
+            config.diagnostics.triggers, self.sealer.add_events, self.dtcs.context
         )
         self.dm1: list[Dm1Watcher] = []
         self.obd: list[ObdPoller] = []
-        # Every sample goes to the batcher, the DTC watcher and the triggers.
-        self._emit = self.dtcs.wrap(self.triggers.wrap(self.batcher.add))
+        # Every sample goes to the sealing thread's queue, the DTC watcher and the triggers.
+        self._emit = self.dtcs.wrap(self.triggers.wrap(self.sealer.offer))
         self.ingest = Ingest(
-            config.buses, self.policy, self._emit, taps=self._taps, on_open=self._obd
+            config.buses,
+            self.policy,
+            self._emit,
+            taps=self._taps,
+            on_open=self._obd,
+            room=self.sealer.has_room,
         )
         self.publisher = Publisher(
             config.mqtt,
@@ -82,7 +95,7 @@ class Agent:
     def _taps(self, bus: BusConfig, j1939: bool) -> list[can.Listener]:
         if not j1939:
             return []
-        watcher = Dm1Watcher(bus.name, self.batcher.add_events)
+        watcher = Dm1Watcher(bus.name, self.sealer.add_events)
         self.dm1.append(watcher)
         return [watcher]
 
@@ -99,7 +112,7 @@ class Agent:
                 notifier,
                 config,
                 emit=self._emit,
-                emit_events=self.batcher.add_events,
+                emit_events=self.sealer.add_events,
             )
             poller.start()
             self.obd.append(poller)
@@ -136,13 +149,13 @@ class Agent:
 
     def run(self, *, exit_when_done: bool = False) -> int:
         """Run until stopped; return the exit code (0 after an orderly shutdown)."""
+        self.sealer.start()
         self.publisher.start()
         self.ingest.start()
         self.state = "running"
         next_status = 0.0
         try:
             while not self._stop.wait(TICK_S):
-                self.batcher.tick()
                 now = time.monotonic()
                 if now >= next_status:
                     self.write_status()
@@ -158,7 +171,7 @@ class Agent:
         """Before a replay run exits: seal the last batch and wait a little for the bridges'
         receipts of its events, so that ``canvoy agent status`` can show them delivered."""
         self.triggers.flush()
-        self.batcher.flush()
+        self.sealer.flush()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self._stop.is_set():
             log_ = self.outbox.status().events_log
@@ -171,7 +184,7 @@ class Agent:
         timeout = self.config.shutdown_timeout_s
         self.ingest.stop()
         self.triggers.flush()
-        self.batcher.flush()
+        self.sealer.stop()
         drained = self.publisher.drain(timeout)
         if not drained:
             log.warning(
@@ -197,6 +210,8 @@ class Agent:
                 "malformed": s.malformed,
                 "error_frames": s.error_frames,
                 "bus_errors": ch.collector.bus_errors,
+                "listener_errors": ch.collector.faults.count,
+                "reopens": ch.supervisor.reopens if ch.supervisor else 0,
                 "replay_bad_lines": ch.replay.bad_lines if ch.replay else 0,
             }
         return {
@@ -209,6 +224,7 @@ class Agent:
             "connected": self.publisher.connected,
             "buses": channels,
             "batches": asdict(self.batcher.stats),
+            "sealer": asdict(self.sealer.stats),
             "publisher": asdict(self.publisher.stats),
         }
 
