@@ -198,6 +198,23 @@ def _event_state(e: EventStatus, now: int, deadline_ms: float, error: str | None
     return f"{text}, OVERDUE ({reason})"
 
 
+def _ingest_lines(live: dict[str, Any]) -> list[str]:
+    """What the last run dropped or skipped before the outbox (from its live status file)."""
+    sealer = live.get("sealer")
+    if not isinstance(sealer, dict):
+        return []
+    skipped = sum(int(b.get("listener_errors", 0)) for b in live.get("buses", {}).values())
+    return [
+        "ingest",
+        f"  dropped         {sealer.get('dropped_samples', 0)} sample(s), "
+        f"{sealer.get('dropped_events', 0)} event envelope(s) (the sealing queue was full)",
+        f"  queued          {sealer.get('queued_samples', 0)} sample(s) now, "
+        f"peak {sealer.get('peak_samples', 0)}",
+        f"  skipped frames  {skipped} (failed in decoding, policy or diagnostics; see the log)",
+        f"  sealing errors  {sealer.get('errors', 0)}",
+    ]
+
+
 def _status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     outbox = open_status(config.outbox.path)
@@ -257,6 +274,7 @@ def _status(args: argparse.Namespace) -> int:
         f"  disk full       {c.get('disk_full', 0)} time(s)",
         f"  next sequence   {c.get('next_seq', 1)}",
     ]
+    lines += _ingest_lines(live)
     error = live.get("publisher", {}).get("last_error") if running else None
     if error:
         lines.append(f"last error        {error}")
