@@ -249,6 +249,7 @@ class Outbox:
                 try:
                     seq = self._insert(kind, encoding, data, number)
                 except OversizeError as exc:
+                    self._rollback()  # else every later seal fails inside this transaction
                     log.error("batch dropped: %s", exc)
                     self._bump("dropped")
                     return None
