@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -156,6 +157,7 @@ class Ingest:
         assert bus.replay is not None and channel.replay is not None
         on_frame = channel.listener.on_message_received
         room, stop = self._room, self._stop
+        started = time.perf_counter()
         try:
             frames = replay_frames(bus.replay, loop=bus.loop, stats=channel.replay)
             speed = parse_speed(bus.speed)
@@ -172,6 +174,15 @@ class Ingest:
         except Exception as exc:  # the ingest loop survives anything a log file does
             channel.replay.errors.append(str(exc))
             log.error("bus %s: replay of %s stopped: %s", bus.name, bus.replay, exc)
+        seconds = time.perf_counter() - started
+        log.info(
+            "bus %s: replay of %s ended: %d frames in %.2f s (%.0f frames/s)",
+            bus.name,
+            bus.replay.name,
+            channel.replay.frames,
+            seconds,
+            channel.replay.frames / seconds if seconds > 0 else 0.0,
+        )
         if channel.replay.bad_lines:
             log.warning(
                 "bus %s: replay: %d unreadable line(s) of %s skipped",
