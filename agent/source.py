@@ -188,7 +188,7 @@ def _read_other(path: Path, stats: ReplayStats) -> Iterator[can.Message]:
         declared, actual = _declared_size(reader), path.stat().st_size
         if declared is not None and actual < declared:
             _stopped(stats, path, "truncated", actual, f" (its header says {declared:,} bytes)")
-        elif path.suffix.lower() == ".asc" and not _asc_ends(path):
+        elif stats.frames and path.suffix.lower() == ".asc" and not _asc_ends(path):
             _stopped(stats, path, "truncated", actual, " (no 'End TriggerBlock' line)")
     finally:
         reader.stop()

@@ -3,6 +3,7 @@ unwritable recordings and transmitting onto a real bus without being asked."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
@@ -71,8 +72,6 @@ def test_sim_record_mf4_without_asammdf_names_the_extra(tmp_path: Path) -> None:
         "from canvoy.cli import main\n"
         f"sys.exit(main(['sim', 'record', '-o', {str(target)!r}, '--duration', '1']))\n"
     )
-    import subprocess
-
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
