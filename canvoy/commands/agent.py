@@ -11,6 +11,7 @@ from typing import Any
 
 from canvoy.agent.config import load_config
 from canvoy.agent.outbox import EventStatus, open_status
+from canvoy.agent.policy import load_policy
 from canvoy.agent.service import Agent, status_path
 from canvoy.agent.source import parse_speed
 from canvoy.certs import pki
@@ -164,7 +165,7 @@ def _init(args: argparse.Namespace) -> int:
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
-    load_config(args.output)  # what we wrote must run as is
+    load_policy(load_config(args.output).policy)  # what we wrote must run as is
     print(f"wrote {args.output}; run it with: canvoy agent run --config {args.output}")
     return 0
 

@@ -83,3 +83,27 @@ def test_sim_record_mf4_without_asammdf_names_the_extra(tmp_path: Path) -> None:
 def test_sim_run_refuses_a_real_interface_without_transmit(interface: str) -> None:
     done = canvoy("sim", "run", "--interface", interface, "--channel", "can0", "--duration", "1")
     _one_line(done, "refusing to transmit", f"{interface}/can0", "--transmit")
+
+
+def test_agent_init_checks_the_policy_too(tmp_path: Path, pki_dir: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("rules: [{match: '*', min_interval_s: -2}]\n")
+    done = canvoy(
+        "agent",
+        "init",
+        "--device",
+        "car-1",
+        "--certs",
+        str(pki_dir),
+        "--broker",
+        "127.0.0.1:8883",
+        "--dbc",
+        str(TEST_DBC),
+        "--replay",
+        str(drive_log(tmp_path / "drive.blf", 2)),
+        "--policy",
+        str(policy),
+        "-o",
+        str(tmp_path / "agent.yaml"),
+    )
+    _one_line(done, "policy.rules[0].min_interval_s: must be >= 0")
