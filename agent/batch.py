@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,10 +26,16 @@ _SAMPLE_BYTES = 11  # a float64 value and a short delta; ints and repeats are sm
 
 
 class Seal(Protocol):
-    """Signs and stores one body (``Outbox.seal``); events bring their episode changes."""
+    """Signs and stores one body (``Outbox.seal``): ``seq`` is None for the next number, or one
+    reserved before; events bring their episode changes, stored with the envelope."""
 
     def __call__(
-        self, kind: Kind, encoding: Encoding, data: bytes, episodes: Sequence[Change] = ()
+        self,
+        kind: Kind,
+        encoding: Encoding,
+        data: bytes,
+        seq: int | None = None,
+        episodes: Sequence[Change] = (),
     ) -> object: ...
 
 
@@ -41,8 +46,14 @@ class BatchConfig:
     max_interval_s: float = 1.0
     max_samples: int = 20_000
     max_bytes: int = 96 * 1024  # uncompressed estimate; the signed payload stays <= 128 KiB
+    queue_samples: int = 200_000  # samples waiting for the sealing thread; beyond: dropped
+    queue_events: int = 10_000  # event envelopes waiting for the sealing thread
 
     def __post_init__(self) -> None:
+        if self.queue_samples < 1000:
+            raise ConfigError(f"must be >= 1000, got {self.queue_samples}", key="queue_samples")
+        if self.queue_events < 10:
+            raise ConfigError(f"must be >= 10, got {self.queue_events}", key="queue_events")
         if not 0.01 <= self.max_interval_s <= 3600:
             raise ConfigError(f"max_interval_s {self.max_interval_s} must be 0.01..3600")
         if not 1 <= self.max_samples <= body.MAX_SAMPLES:
@@ -70,8 +81,9 @@ class BatchStats:
 class Batcher:
     """Collects samples column by column and hands each closed batch to ``seal``.
 
-    ``add`` is called from every bus's ingest thread; ``tick`` from a timer. ``seal`` gets the
-    kind, encoding and body of each batch (the outbox signs and stores it).
+    Not thread-safe: it is owned by the sealing thread (agent/sealer.py), which calls ``add``,
+    ``add_events``, ``tick`` and ``flush``. ``seal`` gets the kind, encoding and body of each
+    batch (the outbox signs and stores it).
     """
 
     def __init__(
@@ -86,7 +98,6 @@ class Batcher:
         self._seal = seal
         self._policy = policy_hash
         self._clock = clock
-        self._lock = threading.Lock()
         self._series: dict[str, tuple[list[int], list[body.Scalar]]] = {}
         self._count = 0
         self._bytes = 0
@@ -95,42 +106,42 @@ class Batcher:
     def add(self, sample: Sample) -> None:
         """Append one sample; closes the batch when it is full."""
         t, key, value = sample
-        with self._lock:
-            column = self._series.get(key)
-            if column is None:
-                if not self._series:
-                    self._opened = self._clock()
-                column = self._series[key] = ([], [])
-                self._bytes += len(key) + _NEW_SERIES_BYTES
-            column[0].append(int(t * 1000))
-            column[1].append(value)
-            self._count += 1
-            self._bytes += _SAMPLE_BYTES
-            if self._count >= self.config.max_samples or self._bytes >= self.config.max_bytes:
-                self._close()
+        column = self._series.get(key)
+        if column is None:
+            if not self._series:
+                self._opened = self._clock()
+            column = self._series[key] = ([], [])
+            self._bytes += len(key) + _NEW_SERIES_BYTES
+        column[0].append(int(t * 1000))
+        column[1].append(value)
+        self._count += 1
+        self._bytes += _SAMPLE_BYTES
+        if self._count >= self.config.max_samples or self._bytes >= self.config.max_bytes:
+            self._close()
 
-    def add_events(self, events: Sequence[Event], episodes: Sequence[Change] = ()) -> int | None:
+    def add_events(
+        self, events: Sequence[Event], episodes: Sequence[Change] = (), seq: int | None = None
+    ) -> int | None:
         """Seal events at once, in their own envelope: they never wait behind telemetry.
 
-        ``episodes`` are the episode changes the events make, stored with the envelope.
-        Returns the envelope's sequence number (None if it could not be stored).
+        ``episodes`` are the episode changes the events make, stored with the envelope; ``seq``
+        is a sequence number reserved for them. Returns the envelope's sequence number (None
+        if it could not be stored).
         """
         encoding, data = body.encode(events_content(events))
-        seq = self._seal("events", encoding, data, episodes)
+        sealed = self._seal("events", encoding, data, seq, episodes)
         self.stats.events += len(events)
-        return seq if isinstance(seq, int) else None
+        return sealed if isinstance(sealed, int) else None
 
     def tick(self) -> None:
         """Close the open batch if it is older than ``max_interval_s``."""
-        with self._lock:
-            if self._series and self._clock() - self._opened >= self.config.max_interval_s:
-                self._close()
+        if self._series and self._clock() - self._opened >= self.config.max_interval_s:
+            self._close()
 
     def flush(self) -> None:
         """Close the open batch now (shutdown)."""
-        with self._lock:
-            if self._series:
-                self._close()
+        if self._series:
+            self._close()
 
     def _close(self) -> None:
         series, self._series = self._series, {}
@@ -147,7 +158,7 @@ class Batcher:
             for half in _halves(series):
                 self._emit(half)
             return
-        self._seal("telemetry", encoding, data)
+        self._seal("telemetry", encoding, data, None)
         self.stats.batches += 1
 
 

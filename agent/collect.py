@@ -11,6 +11,7 @@ alone never force a decode.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,9 +22,11 @@ from cantools.database.can import Message
 
 from canvoy.agent.database import EXTENDED, Index, signal_bits
 from canvoy.agent.decode import DecodeStats, Value, data_frame_key, decode_payload
+from canvoy.agent.faults import FaultLog
 from canvoy.agent.multiframe import Transport, is_transport_key, wants_isotp
 from canvoy.agent.policy import Policy, SignalPlan
 
+log = logging.getLogger(__name__)
 INF = math.inf
 
 
@@ -126,40 +129,47 @@ class Collector(can.Listener):
         self.transport = Transport()
         self.bus_errors = 0
         self.last_error: Exception | None = None
+        self.faults = FaultLog(log, f"bus {bus}: a frame was skipped")
         self._entries: dict[int, _Entry] = {}
 
     def on_message_received(self, msg: can.Message) -> None:
-        """Handle one frame; never raises for bad traffic (it is counted instead)."""
-        stats = self.stats
-        key = data_frame_key(msg, stats)
-        if key is None:
-            return
-        entry = self._entries.get(key)
-        if entry is None:
-            entry = self._entries[key] = self._resolve(key)
-        if entry.message is None:
-            if entry is _TRANSPORT:
-                stats.transport += 1
-                done = self.transport.j1939(msg)
-                if done is not None:
-                    stats.reassembled += 1
-                    self._payload(msg, done[0], done[1])
+        """Handle one frame; never raises: bad traffic is counted, and a failure in decoding,
+        the policy, diagnostics or batching is counted and logged, and the frame skipped."""
+        # One try around the whole hot path (free in Python 3.11) rather than a second call.
+        try:
+            stats = self.stats
+            key = data_frame_key(msg, stats)
+            if key is None:
                 return
-            stats.unknown[key] += 1
-            if self.on_unknown is not None:
-                self.on_unknown(msg)
-            return
-        data = msg.data
-        if len(data) < entry.length:
-            if wants_isotp(entry.length, msg):
-                stats.transport += 1
-                for payload in self.transport.isotp(msg):
-                    stats.reassembled += 1
-                    self._take(entry, msg.timestamp, payload, truncated=True)
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = self._resolve(key)
+            if entry.message is None:
+                if entry is _TRANSPORT:
+                    stats.transport += 1
+                    done = self.transport.j1939(msg)
+                    if done is not None:
+                        stats.reassembled += 1
+                        self._payload(msg, done[0], done[1])
+                    return
+                stats.unknown[key] += 1
+                if self.on_unknown is not None:
+                    self.on_unknown(msg)
                 return
-            stats.malformed += 1
-            return
-        self._take(entry, msg.timestamp, data, truncated=False)
+            data = msg.data
+            if len(data) < entry.length:
+                if wants_isotp(entry.length, msg):
+                    stats.transport += 1
+                    for payload in self.transport.isotp(msg):
+                        stats.reassembled += 1
+                        self._take(entry, msg.timestamp, payload, truncated=True)
+                    return
+                stats.malformed += 1
+                return
+            self._take(entry, msg.timestamp, data, truncated=False)
+
+        except Exception as exc:  # one frame never stops a bus
+            self.faults.record(f"{type(exc).__name__}: {exc}")
 
     def _payload(self, msg: can.Message, key: int, payload: bytes) -> None:
         """A reassembled J1939 message: looked up and collected like a frame of its PGN."""
@@ -235,7 +245,7 @@ class Collector(can.Listener):
             g.settle()
             touched = True
         if touched:
-            entry.due = min(g.due for g in entry.gates)
+            entry.due = min([g.due for g in entry.gates])  # a list is faster than a generator
         return entry.due
 
     def _resolve(self, key: int) -> _Entry:

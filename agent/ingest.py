@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -18,6 +19,7 @@ from canvoy.agent.policy import Policy
 from canvoy.agent.source import (
     BusSupervisor,
     ReplayStats,
+    check_log,
     open_bus,
     paced,
     parse_speed,
@@ -63,6 +65,10 @@ class _Tee(can.Listener):
         self.collector.on_error(exc)
 
 
+def _warn(bus: str, text: str) -> None:
+    log.warning("bus %s: replay: %s", bus, text)
+
+
 class Ingest:
     """Frames from every bus in the config to samples, through one Collector per bus.
 
@@ -79,10 +85,18 @@ class Ingest:
         on_unknown: Callable[[can.Message], None] | None = None,
         taps: Callable[[BusConfig, bool], list[can.Listener]] | None = None,
         on_open: Callable[[BusConfig], OnOpen | None] | None = None,
+        room: Callable[[], bool] | None = None,
     ) -> None:
         """``taps(bus, is_j1939)`` gives extra listeners that see every raw frame of a bus
-        (J1939 DM1 and transport-protocol reassembly)."""
+        (J1939 DM1 and transport-protocol reassembly). ``room()`` says whether the queue
+        behind ``emit`` has room: a log replay waits for it (a file can wait, a bus cannot);
+        live buses never wait.
+
+        Raises:
+            DecodeError: a database cannot be loaded, or a replayed log has no readable frame.
+        """
         self._stop = threading.Event()
+        self._room = room
         self.channels: list[Channel] = []
         for bus in buses:
             index = build_index(load_databases(bus.databases), j1939=bus.j1939)
@@ -109,7 +123,9 @@ class Ingest:
                     bus.name, listener, opener, on_open=on_open(bus) if on_open else None
                 )
             else:
-                channel.replay = ReplayStats()
+                assert bus.replay is not None
+                check_log(bus.replay)  # refuse at start, not in a thread later
+                channel.replay = ReplayStats(on_warning=partial(_warn, bus.name))
                 channel.thread = threading.Thread(
                     target=self._replay, args=(channel,), name=f"replay-{bus.name}", daemon=True
                 )
@@ -140,10 +156,37 @@ class Ingest:
         bus = channel.config
         assert bus.replay is not None and channel.replay is not None
         on_frame = channel.listener.on_message_received
+        room, stop = self._room, self._stop
+        started = time.perf_counter()
         try:
             frames = replay_frames(bus.replay, loop=bus.loop, stats=channel.replay)
-            for msg in paced(frames, parse_speed(bus.speed), self._stop):
+            speed = parse_speed(bus.speed)
+            # At full speed the pacing layer has nothing to do: the stop check is made here.
+            source = frames if speed == "max" else paced(frames, speed, stop)
+            for i, msg in enumerate(source):
+                # Every 1024 frames is often enough: the queue waits at half full.
+                if not i & 1023:
+                    if stop.is_set():
+                        break
+                    while room is not None and not room() and not stop.wait(0.002):
+                        pass
                 on_frame(msg)
         except Exception as exc:  # the ingest loop survives anything a log file does
             channel.replay.errors.append(str(exc))
             log.error("bus %s: replay of %s stopped: %s", bus.name, bus.replay, exc)
+        seconds = time.perf_counter() - started
+        log.info(
+            "bus %s: replay of %s ended: %d frames in %.2f s (%.0f frames/s)",
+            bus.name,
+            bus.replay.name,
+            channel.replay.frames,
+            seconds,
+            channel.replay.frames / seconds if seconds > 0 else 0.0,
+        )
+        if channel.replay.bad_lines:
+            log.warning(
+                "bus %s: replay: %d unreadable line(s) of %s skipped",
+                bus.name,
+                channel.replay.bad_lines,
+                bus.replay,
+            )

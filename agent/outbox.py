@@ -205,25 +205,65 @@ class Outbox:
             self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0]
         )
         self.listeners: list[threading.Event] = []
+        # The next sequence number, also in memory so that ``reserve`` never waits for the
+        # database: a bus thread may reserve while the sealing thread is inside an fsync.
+        self._seq_lock = threading.Lock()
+        self._next_seq = int(
+            self._db.execute("SELECT value FROM meta WHERE name = 'next_seq'").fetchone()[0]
+        )
+
+    def reserve(self) -> int:
+        """Take the next sequence number now, for an envelope sealed later with ``seq=``.
+
+        A reserved number that is never sealed (dropped, or the process is killed first) is
+        a gap in the sequence, like an eviction; after a restart it may be used again under the
+        new boot id, where its idempotency key is still unique.
+        """
+        with self._seq_lock:
+            seq = self._next_seq
+            self._next_seq += 1
+            return seq
+
+    def _give_back(self, seq: int) -> None:
+        """Return an unused number if nothing was reserved after it (a dropped batch)."""
+        with self._seq_lock:
+            if self._next_seq == seq + 1:
+                self._next_seq = seq
 
     # -- writing ---------------------------------------------------------------------------
 
     def seal(
-        self, kind: Kind, encoding: Encoding, data: bytes, episodes: Sequence[Change] = ()
+        self,
+        kind: Kind,
+        encoding: Encoding,
+        data: bytes,
+        seq: int | None = None,
+        episodes: Sequence[Change] = (),
     ) -> int | None:
-        """Sign ``data`` as the next envelope and commit it; return its sequence number.
+        """Sign ``data`` as envelope ``seq`` (default: the next number) and commit it; return
+        its sequence number.
 
         ``episodes`` (events only) are stored or removed in the same transaction.
 
         Never raises for a full outbox or disk: the oldest telemetry is evicted to make room,
         and a batch that still does not fit is counted as dropped and logged (None).
         """
+        reserved = seq is not None
+        number = seq if seq is not None else self.reserve()
+        sealed = self._seal(kind, encoding, data, number, episodes)
+        if sealed is None and not reserved:
+            self._give_back(number)
+        return sealed
+
+    def _seal(
+        self, kind: Kind, encoding: Encoding, data: bytes, number: int, episodes: Sequence[Change]
+    ) -> int | None:
         with self._lock:
             for attempt in range(8):
                 try:
-                    seq = self._insert(kind, encoding, data, episodes)
+                    seq = self._insert(kind, encoding, data, number, episodes)
                 except OversizeError as exc:
-                    self._rollback()  # else the next seal finds this transaction still open
+                    self._rollback()  # else every later seal fails inside this transaction
                     log.error("batch dropped: %s", exc)
                     self._bump("dropped")
                     return None
@@ -250,11 +290,10 @@ class Outbox:
             return None
 
     def _insert(
-        self, kind: Kind, encoding: Encoding, data: bytes, episodes: Sequence[Change]
+        self, kind: Kind, encoding: Encoding, data: bytes, seq: int, episodes: Sequence[Change]
     ) -> int:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
-        seq = int(db.execute("SELECT value FROM meta WHERE name = 'next_seq'").fetchone()[0])
         created = _now_ms()
         envelope = Envelope(
             device=self.device,
@@ -277,7 +316,7 @@ class Outbox:
             "VALUES (?, ?, ?, ?, ?, ?)",
             (seq, PRIORITY.get(kind, 0), kind, created, len(payload), payload),
         )
-        db.execute("UPDATE meta SET value = ? WHERE name = 'next_seq'", (seq + 1,))
+        db.execute("UPDATE meta SET value = MAX(value, ?) WHERE name = 'next_seq'", (seq + 1,))
         if kind == "events":
             db.execute(
                 "INSERT INTO events (seq, boot, created_ms, summary) VALUES (?, ?, ?, ?)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,9 +30,7 @@ class Rate:
     heartbeat_s: float = 30.0  # 0 = never report an unchanged value again
 
     def __post_init__(self) -> None:
-        for name in ("min_interval_s", "deadband", "heartbeat_s"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, not {getattr(self, name)}")
+        _check_rates(self.min_interval_s, self.deadband, self.heartbeat_s)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -43,6 +42,30 @@ class Rule:
     on_change: bool | None = None
     deadband: float | None = None
     heartbeat_s: float | None = None
+
+    def __post_init__(self) -> None:
+        # Checked here, at load, not when the first matching frame arrives.
+        if not self.match:
+            raise ConfigError("must not be empty: a glob over bus/message/signal", key="match")
+        _check_rates(self.min_interval_s, self.deadband, self.heartbeat_s)
+
+
+def _check_rates(
+    min_interval_s: float | None, deadband: float | None, heartbeat_s: float | None
+) -> None:
+    """The one rule for rate values, in the defaults and in every rule.
+
+    Raises:
+        ConfigError: a value is negative or not finite (naming its key).
+    """
+    for name, value in (
+        ("min_interval_s", min_interval_s),
+        ("deadband", deadband),
+        ("heartbeat_s", heartbeat_s),
+    ):
+        if value is not None and not 0 <= value < math.inf:
+            hint = " (0 never repeats an unchanged value)" if name == "heartbeat_s" else ""
+            raise ConfigError(f"must be >= 0 and finite, got {value}{hint}", key=name)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -142,4 +165,7 @@ def load_policy(path: Path | None) -> Policy:
     if path is None:
         return Policy(PolicyConfig())
     data = read_yaml(Path(path), "policy")
-    return Policy(build(PolicyConfig, data, "policy"))
+    try:
+        return Policy(build(PolicyConfig, data, "policy"))
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (in {str(path)!r})") from exc

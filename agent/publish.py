@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -52,8 +53,18 @@ class MqttConfig:
     max_bytes_per_s: int = AWS_MAX_BYTES_PER_S
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 60.0
+    stall_timeout_s: float = 5.0  # publishes in flight and no PUBACK for this long: link dead
+    probe_interval_s: float = 0.5  # while backing off from an unreachable broker
 
     def __post_init__(self) -> None:
+        if not 0.5 <= self.stall_timeout_s <= 600:
+            raise ConfigError(
+                f"must be 0.5..600, got {self.stall_timeout_s}", key="stall_timeout_s"
+            )
+        if not 0.1 <= self.probe_interval_s <= 60:
+            raise ConfigError(
+                f"must be 0.1..60, got {self.probe_interval_s}", key="probe_interval_s"
+            )
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is not 1..65535")
         if not 1 <= self.max_inflight <= 20:
@@ -115,6 +126,58 @@ class Identity:
     credentials: Credentials
 
 
+class LinkWatch:
+    """What the publisher knows about the path to its broker between connections.
+
+    ``back()`` is polled during a back-off wait: it probes the broker's TCP port and is true
+    once a broker that could not be reached accepts connections again, or after a suspend.
+    A broker that is reachable but refuses (a certificate problem) never cuts a wait short.
+    """
+
+    def __init__(self, host: str, port: int, timeout_s: float) -> None:
+        self._address = (host, port)
+        self._timeout_s = timeout_s
+        self._unreachable = False
+        self._offset_s = _suspend_offset()
+
+    def waiting(self) -> None:
+        """A connection attempt failed; a wait begins."""
+        self._unreachable = False
+
+    def connected(self) -> None:
+        """A connection is up."""
+        self._offset_s = _suspend_offset()
+
+    def suspended_s(self) -> float:
+        """Seconds the system was suspended since the last call (0: none worth noticing)."""
+        offset = _suspend_offset()
+        slept, self._offset_s = offset - self._offset_s, offset
+        return slept if slept > SUSPEND_S else 0.0
+
+    def back(self) -> bool:
+        """True when the wait should end now: the broker is reachable again, or we resumed."""
+        if self.suspended_s():
+            return True
+        try:
+            with socket.create_connection(self._address, timeout=self._timeout_s):
+                pass
+        except OSError:
+            self._unreachable = True
+            return False
+        return self._unreachable
+
+
+SUSPEND_S = 2.0
+
+
+def _suspend_offset() -> float:
+    """How far the boot clock (which counts suspended time) is ahead of the monotonic one."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:  # not Linux: no suspend detection
+        return 0.0
+    return time.clock_gettime(boottime) - time.monotonic()
+
+
 class Publisher:
     """One thread that keeps a connection up and drains the outbox through it."""
 
@@ -141,6 +204,8 @@ class Publisher:
         outbox.listeners.append(self._wake)
         self._conn: Connection | None = None
         self._inflight: dict[int, tuple[Row, Future[None]]] = {}
+        self._progress_s = 0.0  # when a PUBACK last arrived, or the window last opened
+        self._link = LinkWatch(config.host, config.port, config.probe_interval_s)
         self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
         self._rate = RateLimit(config.max_publishes_per_s, config.max_bytes_per_s, clock)
 
@@ -198,6 +263,8 @@ class Publisher:
                     self._inflight.clear()
                     if conn.connected:
                         conn.close(timeout_s=1)
+                    else:
+                        conn.close(timeout_s=0.1)  # stop paho's thread of a dead link
 
     def _connect(self) -> Connection | None:
         c = self.config
@@ -209,6 +276,7 @@ class Publisher:
                 log.error("broker refused the connection: %s; retrying in %.0f s", error, wait)
             else:
                 log.warning("cannot connect: %s; retrying in %.1f s", error, wait)
+            self._link.waiting()
 
         while self._await_certificate():
             try:
@@ -220,6 +288,10 @@ class Publisher:
                     max_s=c.reconnect_max_s,
                     jitter_s=c.reconnect_min_s,
                     on_retry=note,
+                    # Back-off protects the broker from attempts that fail there; once a broker
+                    # that could not be reached is reachable again, the next attempt is made now.
+                    interrupt=self._link.back,
+                    poll_s=c.probe_interval_s,
                 )
             except CertificateProblemError:
                 continue  # expired or replaced between attempts: wait for usable files again
@@ -303,12 +375,14 @@ class Publisher:
     def _pump(self, conn: Connection) -> None:
         device = self.identity.device
         topics = {k: topic(device, k) for k in ("telemetry", "events")}
+        self._link.connected()
         while True:
             self._settle()
             if self._stop.is_set() or conn.closed.done():
                 if conn.closed.done():
                     raise ConnectionLostError(conn.closed.result())
                 return
+            self._check_link()
             room = self._window - len(self._inflight)
             rows = self.outbox.pending(room, self._inflight) if room > 0 else []
             for row in rows:
@@ -318,12 +392,31 @@ class Publisher:
                     if self._stop.is_set():
                         return
                 self._rate.take(len(row.payload))
+                if not self._inflight:
+                    self._progress_s = self._clock()
                 fut = conn.publish(topics[row.kind], row.payload)
                 fut.add_done_callback(lambda _f: self._wake.set())
                 self._inflight[row.seq] = (row, fut)
                 self.stats.published += 1
             self._wake.wait(0.5)
             self._wake.clear()
+
+    def _check_link(self) -> None:
+        """Notice a dead link within seconds, not after 1.5 keep-alives.
+
+        Raises:
+            ConnectionLostError: publishes are in flight and no PUBACK came for
+                ``stall_timeout_s``, or the machine was suspended (the link is stale).
+        """
+        stalled = self._clock() - self._progress_s
+        if self._inflight and stalled > self.config.stall_timeout_s:
+            raise ConnectionLostError(
+                f"no PUBACK for {stalled:.1f} s with {len(self._inflight)} publish(es) in "
+                "flight: the link is down (mqtt.stall_timeout_s)"
+            )
+        slept = self._link.suspended_s()
+        if slept:
+            raise ConnectionLostError(f"the system was suspended for {slept:.0f} s")
 
     def _settle(self) -> None:
         """Record finished publishes: acknowledged rows leave, refused ones are rejected."""
@@ -333,6 +426,7 @@ class Publisher:
             if not fut.done():
                 continue
             del self._inflight[seq]
+            self._progress_s = self._clock()
             exc = fut.exception()
             if exc is None:
                 acked.append(seq)

@@ -27,6 +27,7 @@ from canvoy.agent.obd import ObdPoller
 from canvoy.agent.outbox import Outbox
 from canvoy.agent.policy import load_policy
 from canvoy.agent.publish import Identity, Publisher
+from canvoy.agent.sealer import Sealer
 from canvoy.agent.triggers import TriggerWatcher
 from canvoy.wire import body
 from canvoy.wire.envelope import Envelope, sign
@@ -62,10 +63,17 @@ class Agent:
         self.policy = load_policy(config.policy)
         self.outbox = Outbox(config.outbox, device=config.device, boot=self.boot, key=self.key)
         self.batcher = Batcher(config.batch, self.outbox.seal, self.policy.hash)
+        # Bus threads hand samples and events to the sealing thread, which owns the batcher.
+        self.sealer = Sealer(
+            self.batcher,
+            self.outbox.reserve,
+            max_samples=config.batch.queue_samples,
+            max_events=config.batch.queue_events,
+        )
         # One tracker for every source's fault episodes, continuing those open at the last stop.
         restored = self.outbox.open_episodes()
         self.episodes = EpisodeTracker(
-            self.batcher.add_events, restored, resume_s=config.diagnostics.resume_s
+            self.sealer.add_events, restored, resume_s=config.diagnostics.resume_s
         )
         if restored:
             codes = ", ".join(f"{e.code} ({e.scope})" for e in restored)
@@ -75,17 +83,22 @@ class Agent:
                 what="episodes_resumed",
                 detail=f"{len(restored)} episode(s) open at the last stop: {codes}"[:1024],
             )
-            self.batcher.add_events([note])
+            self.sealer.add_events([note])
         self.dtcs = DtcWatcher(config.diagnostics, self.episodes)
         self.triggers = TriggerWatcher(
             config.diagnostics.triggers, self.episodes, self.dtcs.context
         )
         self.dm1: list[Dm1Watcher] = []
         self.obd: list[ObdPoller] = []
-        # Every sample goes to the batcher, the DTC watcher and the triggers.
-        self._emit = self.dtcs.wrap(self.triggers.wrap(self.batcher.add))
+        # Every sample goes to the sealing thread's queue, the DTC watcher and the triggers.
+        self._emit = self.dtcs.wrap(self.triggers.wrap(self.sealer.offer))
         self.ingest = Ingest(
-            config.buses, self.policy, self._emit, taps=self._taps, on_open=self._obd
+            config.buses,
+            self.policy,
+            self._emit,
+            taps=self._taps,
+            on_open=self._obd,
+            room=self.sealer.has_room,
         )
         self.publisher = Publisher(
             config.mqtt,
@@ -155,13 +168,13 @@ class Agent:
 
     def run(self, *, exit_when_done: bool = False) -> int:
         """Run until stopped; return the exit code (0 after an orderly shutdown)."""
+        self.sealer.start()
         self.publisher.start()
         self.ingest.start()
         self.state = "running"
         next_status = 0.0
         try:
             while not self._stop.wait(TICK_S):
-                self.batcher.tick()
                 self.dtcs.tick()
                 self.episodes.tick(int(time.time() * 1000))
                 now = time.monotonic()
@@ -180,7 +193,7 @@ class Agent:
         receipts of its events, so that ``canvoy agent status`` can show them delivered."""
         self.dtcs.tick(settle_s=0.0)
         self.triggers.flush()
-        self.batcher.flush()
+        self.sealer.flush()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self._stop.is_set():
             log_ = self.outbox.status().events_log
@@ -194,7 +207,7 @@ class Agent:
         self.ingest.stop()
         self.dtcs.tick(settle_s=0.0)
         self.triggers.flush()
-        self.batcher.flush()
+        self.sealer.stop()
         drained = self.publisher.drain(timeout)
         if not drained:
             log.warning(
@@ -220,6 +233,8 @@ class Agent:
                 "malformed": s.malformed,
                 "error_frames": s.error_frames,
                 "bus_errors": ch.collector.bus_errors,
+                "listener_errors": ch.collector.faults.count,
+                "reopens": ch.supervisor.reopens if ch.supervisor else 0,
                 "replay_bad_lines": ch.replay.bad_lines if ch.replay else 0,
             }
         return {
@@ -239,6 +254,7 @@ class Agent:
                 "updated": self.episodes.updated,
                 "closed": self.episodes.closed,
             },
+            "sealer": asdict(self.sealer.stats),
             "publisher": asdict(self.publisher.stats),
         }
 

@@ -13,13 +13,37 @@ from typing import Any, Literal
 
 import can
 
+from canvoy.agent.faults import FaultLog
 from canvoy.errors import DecodeError
 from canvoy.transport.backoff import StoppedError, retry_until_stopped
 
 log = logging.getLogger(__name__)
 
+
+def _quiet_line_warnings(record: logging.LogRecord) -> bool:
+    """python-can's text readers warn once per line they cannot parse; a garbage file would
+    print thousands. Those lines are shown with -vv only; the reader's result speaks for them."""
+    return log.isEnabledFor(logging.DEBUG)
+
+
+for _reader_log in ("can.io.trc", "can.io.asc", "can.io.csv", "can.io.canutils"):
+    logging.getLogger(_reader_log).addFilter(_quiet_line_warnings)
+
 # python-can readers by suffix; MF4 needs the optional 'canvoy[mf4]' extra (asammdf).
 LOG_SUFFIXES = (".asc", ".blf", ".csv", ".db", ".log", ".mf4", ".trc", ".txt")
+
+
+# What each suffix should hold, for the message about a file that does not.
+FORMATS = {
+    ".asc": "Vector ASC",
+    ".blf": "Vector BLF",
+    ".csv": "python-can CSV",
+    ".db": "python-can SQLite",
+    ".log": "candump -l",
+    ".mf4": "ASAM MDF4",
+    ".trc": "PEAK TRC",
+    ".txt": "python-can text",
+}
 
 
 @dataclass(slots=True)
@@ -29,6 +53,7 @@ class ReplayStats:
     frames: int = 0
     bad_lines: int = 0
     errors: list[str] = field(default_factory=list)
+    on_warning: Callable[[str], None] | None = None  # told each line added to ``errors``
 
 
 class _LineFile:
@@ -47,6 +72,11 @@ class _LineFile:
         self._file.close()
 
 
+def _format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return f"{FORMATS.get(suffix, suffix)} ({suffix})"
+
+
 def _open_reader(path: Path) -> Any:
     suffix = path.suffix.lower()
     if suffix not in LOG_SUFFIXES:
@@ -60,34 +90,106 @@ def _open_reader(path: Path) -> Any:
         if suffix == ".asc":  # keep the recorded (absolute) times, as the other formats do
             return can.io.ASCReader(str(path), relative_timestamp=False)
         return can.LogReader(str(path))
-    except (OSError, ValueError, NotImplementedError) as exc:
-        raise DecodeError(f"cannot open log {str(path)!r}: {exc}") from exc
+    except OSError as exc:
+        raise DecodeError(f"cannot open log {str(path)!r}: {exc.strerror or exc}") from exc
+    except Exception as exc:  # a reader's header parser raises anything (struct.error, ...)
+        raise DecodeError(
+            f"{str(path)!r} is not a readable {_format(path)} file ({_reason(exc)}): "
+            "check the file and its suffix"
+        ) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    kind = type(exc)
+    name = kind.__name__ if kind.__name__[0].isupper() else f"{kind.__module__}.{kind.__name__}"
+    text = str(exc)
+    return f"{name}: {text}" if text else name
+
+
+def _offset(reader: Any) -> int | None:
+    """How far into the file a reader got (its buffered position), if it can tell."""
+    file = getattr(reader, "file", None)
+    raw = getattr(file, "buffer", file)
+    try:
+        return int(raw.tell()) if raw is not None else None
+    except (OSError, ValueError):
+        return None
+
+
+def _declared_size(reader: Any) -> int | None:
+    """The file size a BLF header declares (0 or None when the writer never finished)."""
+    size = getattr(reader, "file_size", None)
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def _stopped(stats: ReplayStats, path: Path, how: str, offset: int | None, why: str) -> None:
+    where = f" at byte {offset:,}" if offset is not None else ""
+    text = f"{path.name}: {how} after {stats.frames:,} frames{where}{why}"
+    stats.errors.append(text)
+    if stats.on_warning is not None and stats.frames:
+        stats.on_warning(text)
+
+
+def _asc_ends(path: Path) -> bool:
+    """True when an ASC file ends with its closing line (a cut file does not)."""
+    with path.open("rb") as file:
+        file.seek(max(0, path.stat().st_size - 512))
+        tail = file.read().rstrip().rsplit(b"\n", 1)[-1]
+    return tail.strip().lower().startswith(b"end triggerblock")
+
+
+def check_log(path: Path) -> None:
+    """Make sure ``path`` holds at least one readable frame (read at start, not in a thread).
+
+    Raises:
+        DecodeError: the file is missing, of an unknown format, or has no readable frame.
+    """
+    for _msg in read_log(path):
+        return
 
 
 def read_log(path: Path, stats: ReplayStats | None = None) -> Iterator[can.Message]:
     """Every frame of a log file in recorded order, with recorded timestamps.
 
-    A bad line in a candump log is counted in ``stats`` and skipped; in other formats an error
-    ends the file early (what was read stays read) and is recorded in ``stats.errors``.
+    A bad line in a candump log is counted in ``stats`` and skipped. In other formats a
+    truncated or unreadable part ends the file early: what was read stays read, and one
+    warning (in ``stats.errors`` and the log) says where reading stopped and after how many
+    frames.
 
     Raises:
-        DecodeError: the file is missing or of an unknown format.
+        DecodeError: the file is missing, of an unknown format, or has no readable frame.
     """
     stats = stats if stats is not None else ReplayStats()
     path = Path(path)
     if not path.is_file():
         raise DecodeError(f"log {str(path)!r} does not exist")
+    first = stats.frames
     if path.suffix.lower() == ".log":
         yield from _read_candump(path, stats)
-        return
+    else:
+        yield from _read_other(path, stats)
+    if stats.frames == first:
+        raise DecodeError(
+            f"{str(path)!r} has no readable frame: expected a {_format(path)} log"
+            + (f" ({stats.errors[-1]})" if stats.errors else "")
+        )
+
+
+def _read_other(path: Path, stats: ReplayStats) -> Iterator[can.Message]:
     reader = _open_reader(path)
     try:
-        for msg in reader:
-            stats.frames += 1
-            yield msg
-    except Exception as exc:  # a reader's parse error ends that reader, not the caller
-        stats.errors.append(f"{path}: stopped after {stats.frames} frames: {exc}")
-        log.error("log %s: stopped after %d frames: %s", path, stats.frames, exc)
+        try:
+            for msg in reader:
+                stats.frames += 1
+                yield msg
+        except Exception as exc:  # a reader's parse error ends that file, not the caller
+            _stopped(stats, path, "unreadable", _offset(reader), f": {_reason(exc)}")
+            return
+        declared, actual = _declared_size(reader), path.stat().st_size
+        if declared is not None and actual < declared:
+            _stopped(stats, path, "truncated", actual, f" (its header says {declared:,} bytes)")
+        elif stats.frames and path.suffix.lower() == ".asc" and not _asc_ends(path):
+            _stopped(stats, path, "truncated", actual, " (no 'End TriggerBlock' line)")
     finally:
         reader.stop()
 
@@ -104,7 +206,7 @@ def _read_candump(path: Path, stats: ReplayStats) -> Iterator[can.Message]:
                 return
             except Exception as exc:
                 stats.bad_lines += 1
-                log.warning("log %s line %d skipped: %s", path, source.line, exc)
+                log.debug("log %s line %d skipped: %s", path, source.line, exc)
     finally:
         source.close()
 
@@ -223,6 +325,7 @@ class BusSupervisor:
         self._failed = threading.Event()
         self.reopens = 0
         self.open_failures = 0
+        self.listener_faults = FaultLog(log, f"bus {name}: a listener failed on a frame")
         self._bus: can.BusABC | None = None
         self._thread = threading.Thread(target=self._run, name=f"bus-{name}", daemon=True)
 
@@ -270,8 +373,14 @@ class BusSupervisor:
                 pass
 
             def on_error(self, exc: Exception) -> None:
-                log.error("bus %s failed: %s; reopening", supervisor.name, exc)
-                supervisor._failed.set()
+                # python-can reports a listener's exception here too. Only the bus itself
+                # (recv: a CanError or an OSError) is reopened; anything else is a listener's
+                # fault, counted and logged, and the notifier goes on reading.
+                if isinstance(exc, can.CanError | OSError):
+                    log.error("bus %s failed: %s; reopening", supervisor.name, exc)
+                    supervisor._failed.set()
+                else:
+                    supervisor.listener_faults.record(f"{type(exc).__name__}: {exc}")
 
         while not self._stop.is_set():
             try:

@@ -3,7 +3,9 @@ against a naive script that publishes one JSON message per decoded frame at QoS 
 
 Run: python bench/pipeline.py [--frames N] [--skip-baseline]. Prints, for both pipelines,
 frames/s from the first frame read to the last message received, bytes on the wire per signal
-sample, and the publisher's peak RSS.
+sample, and the publisher's peak RSS; and, in the same run, the frames/s of the bare
+``can.LogReader`` + ``decode_message`` loop over the same log, run as its own process and timed
+the same way (process start to last frame), with the agent's rates as ratios of it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -156,6 +159,7 @@ class Result:
     delivered_samples: int
     rss_mb: float
     bad: int
+    ingest: float = 0.0  # frames/s of the agent's replay thread, from its log
 
     def show(self) -> None:
         print(f"{self.name}")
@@ -233,6 +237,7 @@ def main() -> None:
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--subscribe", choices=("envelope", "json"), help=argparse.SUPPRESS)
     parser.add_argument("--naive", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--certs", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--device", help=argparse.SUPPRESS)
@@ -244,6 +249,9 @@ def main() -> None:
     dbc = opendbc_file()
     if args.naive:
         naive(args.certs, args.port, args.naive, dbc, args.work)
+        return
+    if args.bare:
+        bare_loop(args.bare, dbc, args.work)
         return
     log = make_log(load(dbc), CACHE / f"vw_mqb_{args.frames}.blf", args.frames)
     print(f"log {log.name}: {args.frames:,} frames of {dbc.name}")
@@ -264,17 +272,48 @@ def main() -> None:
         with (root / "mosquitto.log").open("wb") as broker_log:
             broker.start(log=broker_log)
             try:
+                # The bare loop runs just before and just after the agent; the mean of the two
+                # is the reference, so that a change of machine load in between evens out.
+                before = _bare(root / "bare-before", log, dbc)
                 results = [_agent(root, certs, port, log=log, dbc=dbc, frames=args.frames)]
+                after = _bare(root / "bare-after", log, dbc)
+                bare_s, loop_rate = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
                 if not args.skip_baseline:
                     results.append(_naive(root, certs, port, log, args.frames))
             finally:
                 broker.stop()
     for result in results:
         result.show()
+    _compare(results[0], args.frames, bare_s, loop_rate)
     if len(results) == 2:
         a, b = results
         ratio = (b.wire_bytes / b.input_samples) / (a.wire_bytes / a.input_samples)
         print(f"the agent sends {ratio:.0f}x fewer bytes per signal value than the baseline")
+
+
+def _compare(agent: Result, frames: int, bare_s: float, loop_rate: float) -> None:
+    """Print the bare loop's figures and the agent's rates as ratios of them."""
+    bare = frames / bare_s
+    e2e = agent.frames / agent.seconds
+    print(
+        "bare loop (can.LogReader + db.decode_message, its own process, no output; the mean of "
+        "a run just before and one just after the agent)"
+    )
+    print(
+        f"  frames/s              {bare:>12,.0f}  ({frames:,} frames in {bare_s:.1f} s "
+        "from process start, imports and database load included)"
+    )
+    print(f"  frames/s, loop alone  {loop_rate:>12,.0f}  (its first to its last frame)")
+    print(
+        f"the agent end to end (sealing thread, outbox, broker, verifier included) runs at "
+        f"{e2e / bare:.2f}x the bare loop, both from process start ({e2e / loop_rate:.2f}x the "
+        "loop alone)"
+    )
+    if agent.ingest:
+        print(
+            f"the agent's replay (frames read, collected and queued, sealing thread running) ran "
+            f"at {agent.ingest:,.0f} frames/s: {agent.ingest / loop_rate:.2f}x the loop alone"
+        )
 
 
 def _agent(root: Path, certs: Path, port: int, *, log: Path, dbc: Path, frames: int) -> Result:
@@ -301,6 +340,7 @@ def _agent(root: Path, certs: Path, port: int, *, log: Path, dbc: Path, frames: 
         sys.executable,
         "-m",
         "canvoy",
+        "-v",
         "agent",
         "run",
         "--config",
@@ -322,6 +362,9 @@ def _agent(root: Path, certs: Path, port: int, *, log: Path, dbc: Path, frames: 
         expected=expected,
     )
     input_samples = _input_samples(log, dbc)
+    found = re.search(
+        r"replay of .* ended: .* \(([0-9.]+) frames/s\)", (root / "agent" / "agent.log").read_text()
+    )
     return Result(
         "canvoy agent (batched, signed, zstd, outbox)",
         frames,
@@ -332,6 +375,7 @@ def _agent(root: Path, certs: Path, port: int, *, log: Path, dbc: Path, frames: 
         stats["samples"],
         rss,
         stats["bad"],
+        float(found.group(1)) if found else 0.0,
     )
 
 
@@ -374,6 +418,34 @@ def _naive(root: Path, certs: Path, port: int, log: Path, frames: int) -> Result
         rss,
         stats["bad"],
     )
+
+
+def bare_loop(log: Path, dbc: Path, work: Path) -> None:
+    """The bare loop: every frame of ``log`` read and decoded, nothing else (its own process)."""
+    db = load(dbc)
+    started = time.perf_counter()
+    frames = 0
+    for msg in can.LogReader(str(log)):
+        frames += 1
+        try:
+            db.decode_message(msg.arbitration_id, bytes(msg.data), decode_choices=False)
+        except Exception:  # an unknown id or a short frame, as in any real log
+            continue
+    seconds = time.perf_counter() - started
+    (work / "bare.json").write_text(json.dumps({"frames": frames, "loop_s": seconds}))
+
+
+def _bare(root: Path, log: Path, dbc: Path) -> tuple[float, float]:
+    """Run the bare loop as a process working in ``root``; return its seconds from process
+    start to exit, and the frames/s of the loop alone."""
+    work = root
+    work.mkdir()
+    started = time.time()
+    cmd = [sys.executable, __file__, "--bare", str(log), "--work", str(work)]
+    _run_measured(cmd, work / "bare.log")
+    seconds = time.time() - started
+    result = json.loads((work / "bare.json").read_text())
+    return seconds, result["frames"] / result["loop_s"]
 
 
 def _input_samples(log: Path, dbc: Path) -> int:

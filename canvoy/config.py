@@ -41,6 +41,8 @@ def build(cls: type[T], data: object, path: str = "") -> T:
     try:
         return cls(**values)
     except ConfigError as exc:
+        if exc.key is not None:  # a field's own check: name the field's whole path
+            raise ConfigError(f"{_join(path, exc.key)}: {exc.problem}") from exc
         raise ConfigError(f"{where}: {exc}") from exc
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}: {exc}") from exc

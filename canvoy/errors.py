@@ -29,7 +29,16 @@ class CanvoyError(Exception):
 
 
 class ConfigError(CanvoyError, ValueError):
-    """A configuration file, option or value is invalid."""
+    """A configuration file, option or value is invalid.
+
+    ``key`` names the field a dataclass check rejected, so that the config reader can put the
+    whole path in front of the message (``policy.rules[3].heartbeat_s: must be >= 0``).
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+        self.problem = message
 
 
 class PKIError(CanvoyError):

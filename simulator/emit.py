@@ -20,6 +20,7 @@ import cantools
 from cantools.database.can import Database, Message
 
 from canvoy import dbc as shipped
+from canvoy.errors import ConfigError
 from canvoy.simulator.model import STEP_S, Vehicle, target_speed
 from canvoy.simulator.scenarios import FaultState, Scenario
 from canvoy.wire.dtc import encode_dtc
@@ -235,13 +236,51 @@ class Drive:
             )
 
 
+def open_logger(path: Path) -> can.Listener:
+    """A python-can writer for ``path``, its format from the suffix.
+
+    Raises:
+        ConfigError: the format is unknown or needs an extra that is not installed, or the
+            file cannot be created.
+    """
+    if path.suffix.lower() == ".mf4":
+        try:
+            import asammdf  # noqa: F401 - python-can's MF4 writer needs it
+        except ImportError as exc:
+            raise ConfigError(
+                f"cannot write {str(path)!r}: MF4 needs asammdf: pip install 'canvoy[mf4]' "
+                "(or write .blf, .asc, .log, .trc, .csv or .db)"
+            ) from exc
+    if not path.parent.is_dir():
+        raise ConfigError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} is missing")
+    try:
+        logger: can.Listener = can.Logger(str(path))
+    except OSError as exc:
+        raise ConfigError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
+    except (ValueError, NotImplementedError) as exc:
+        raise ConfigError(f"cannot write {str(path)!r}: {exc}") from exc
+    return logger
+
+
 def record(drive: Drive, path: Path, duration_s: float) -> int:
-    """Write ``duration_s`` of the drive to a log file (format from the suffix); return frames."""
+    """Write ``duration_s`` of the drive to a log file (format from the suffix); return frames.
+
+    Raises:
+        ConfigError: the file cannot be written in that format (see ``open_logger``).
+    """
     count = 0
-    with can.Logger(str(path)) as logger:
+    logger = open_logger(path)
+    try:
         for msg, _values in drive.frames(duration_s):
             logger.on_message_received(msg)
             count += 1
+    except OSError as exc:  # a full disk while writing
+        raise ConfigError(f"cannot write {str(path)!r}: {exc.strerror or exc}") from exc
+    finally:
+        try:
+            logger.stop()
+        except OSError as exc:
+            raise ConfigError(f"cannot finish {str(path)!r}: {exc.strerror or exc}") from exc
     return count
 
 

@@ -73,8 +73,12 @@ def agent_config(
     speed: str = "max",
     extra: str = "",
     outbox: Path | None = None,
+    port: int | None = None,
+    mqtt: str = "reconnect_min_s: 0.2, reconnect_max_s: 2.0",
+    loop: bool = False,
 ) -> Path:
-    """Write an agent.yaml for ``device`` against ``broker`` replaying ``replay``."""
+    """Write an agent.yaml for ``device`` against ``broker`` (or a relay on ``port`` in front
+    of it) replaying ``replay``."""
     folder = pki.identity_dir(broker.certs, "device", device)
     outbox = outbox or path.parent / f"{device}-outbox.sqlite"
     path.write_text(
@@ -86,8 +90,9 @@ buses:
     databases: ["{TEST_DBC}"]
     replay: "{replay}"
     speed: "{speed}"
+    loop: {str(loop).lower()}
 outbox: {{path: "{outbox}"}}
-mqtt: {{host: 127.0.0.1, port: {broker.port}, reconnect_min_s: 0.2, reconnect_max_s: 2.0}}
+mqtt: {{host: 127.0.0.1, port: {port or broker.port}, {mqtt}}}
 shutdown_timeout_s: 10
 {extra}"""
     )
@@ -134,6 +139,7 @@ class Recorder:
     payloads: dict[int, list[bytes]] = field(default_factory=dict)
     envelopes: list[SignedEnvelope] = field(default_factory=list)
     bad: list[str] = field(default_factory=list)
+    subscriptions: int = 0  # how many times it has (re)subscribed
 
     def __post_init__(self) -> None:
         self._key = device_key(self.broker, self.device)
@@ -170,6 +176,7 @@ class Recorder:
             except TransportError:
                 self._stop.wait(0.2)
                 continue
+            self.subscriptions += 1
             self._conn = conn
             while not self._stop.is_set() and not conn.closed.done():
                 self._stop.wait(0.1)

@@ -7,6 +7,7 @@ bodies from devices it trusts only as far as their signatures go. See docs/PROTO
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
@@ -29,16 +30,21 @@ MAX_SERIES = 4096  # series in one telemetry body
 MAX_SAMPLES = 65_536  # samples in one telemetry body, and so in any one series
 _CONTAINERS = frozenset({list, dict})
 _ZSTD_LEVEL = 3
-_compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+# python-zstandard contexts are not thread-safe (two threads sharing one compressor corrupt its
+# state, up to a segfault): each thread that encodes gets its own, made on its first encode.
+_contexts = threading.local()
 Scalar = int | float | str | bool
 _INT = frozenset({int})
 _SCALARS = frozenset({int, float, str, bool})
 
 
 def encode(content: Mapping[str, Any]) -> tuple[Encoding, bytes]:
-    """msgpack ``content``; zstd-compress it when that is smaller."""
+    """msgpack ``content``; zstd-compress it when that is smaller. Safe from any thread."""
     raw = bytes(msgpack.packb(content, use_bin_type=True))
-    packed = _compressor.compress(raw)
+    compressor: zstandard.ZstdCompressor | None = getattr(_contexts, "compressor", None)
+    if compressor is None:
+        compressor = _contexts.compressor = zstandard.ZstdCompressor(level=_ZSTD_LEVEL)
+    packed = compressor.compress(raw)
     return ("zstd", packed) if len(packed) < len(raw) else ("none", raw)
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from canvoy.agent.config import load_config
 from canvoy.agent.outbox import EventStatus, open_status
+from canvoy.agent.policy import load_policy
 from canvoy.agent.service import Agent, status_path
 from canvoy.agent.source import parse_speed
 from canvoy.certs import pki
@@ -168,7 +169,7 @@ def _init(args: argparse.Namespace) -> int:
     )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
-    load_config(args.output)  # what we wrote must run as is
+    load_policy(load_config(args.output).policy)  # what we wrote must run as is
     print(f"wrote {args.output}; run it with: canvoy agent run --config {args.output}")
     return 0
 
@@ -218,6 +219,23 @@ def _event_state(e: EventStatus, now: int, deadline_ms: float, error: str | None
     else:
         reason = f"accepted by the broker at {_clock(e.acked_ms)}, no bridge receipt yet"
     return f"{text}, OVERDUE ({reason})"
+
+
+def _ingest_lines(live: dict[str, Any]) -> list[str]:
+    """What the last run dropped or skipped before the outbox (from its live status file)."""
+    sealer = live.get("sealer")
+    if not isinstance(sealer, dict):
+        return []
+    skipped = sum(int(b.get("listener_errors", 0)) for b in live.get("buses", {}).values())
+    return [
+        "ingest",
+        f"  dropped         {sealer.get('dropped_samples', 0)} sample(s), "
+        f"{sealer.get('dropped_events', 0)} event envelope(s) (the sealing queue was full)",
+        f"  queued          {sealer.get('queued_samples', 0)} sample(s) now, "
+        f"peak {sealer.get('peak_samples', 0)}",
+        f"  skipped frames  {skipped} (failed in decoding, policy or diagnostics; see the log)",
+        f"  sealing errors  {sealer.get('errors', 0)}",
+    ]
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -279,6 +297,7 @@ def _status(args: argparse.Namespace) -> int:
         f"  disk full       {c.get('disk_full', 0)} time(s)",
         f"  next sequence   {c.get('next_seq', 1)}",
     ]
+    lines += _ingest_lines(live)
     error = live.get("publisher", {}).get("last_error") if running else None
     if error:
         lines.append(f"last error        {error}")

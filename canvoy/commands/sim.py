@@ -47,6 +47,11 @@ def add_parser(sub: Any) -> None:
     run.add_argument("--fd-channel", help="channel for the CAN FD bus (HV battery)")
     run.add_argument("--duration", type=float, help="seconds (default: one drive cycle)")
     run.add_argument("--speed", type=float, default=1.0, help="time factor (2 = twice as fast)")
+    run.add_argument(
+        "--transmit",
+        action="store_true",
+        help="really send onto a non-virtual interface (it may be a vehicle's bus)",
+    )
     run.set_defaults(func=_run)
 
     rec = sim_sub.add_parser("record", help="write the drive to a log file as fast as possible")
@@ -83,10 +88,7 @@ def _drive(args: argparse.Namespace) -> tuple[Drive, float]:
 def _record(args: argparse.Namespace) -> int:
     drive, duration = _drive(args)
     start = time.perf_counter()
-    try:
-        frames = record(drive, args.output, duration)
-    except ValueError as exc:
-        raise ConfigError(f"cannot write {args.output}: {exc}") from exc
+    frames = record(drive, args.output, duration)
     faults = ", ".join(f"{code} {what} at {t:.1f} s" for t, code, what in drive.faults.history)
     print(
         f"wrote {frames:,} frames ({duration:.0f} s of driving, scenario "
@@ -98,6 +100,15 @@ def _record(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     drive, duration = _drive(args)
+    if args.interface != "virtual" and not args.transmit:
+        where = f"{args.interface}/{args.channel}" + (
+            f" and {args.interface}/{args.fd_channel}" if args.fd_channel else ""
+        )
+        raise ConfigError(
+            f"refusing to transmit: this would send {len(drive.schedules)} simulated messages "
+            f"(scenario {drive.scenario.name}, {duration:.0f} s) onto {where}, which may be a "
+            "real vehicle's bus; pass --transmit if that is what you want"
+        )
     stop = threading.Event()
     stop_on_signals(stop.set)
     try:

@@ -140,7 +140,13 @@ def test_policy_hash_changes_with_the_agreement() -> None:
     ("text", "match"),
     [
         ("colect: {}", r"policy.colect: unknown key"),
-        ("defaults: {deadband: -1}", "deadband must be >= 0"),
+        ("defaults: {deadband: -1}", r"policy.defaults.deadband: must be >= 0"),
+        (
+            "rules: [{match: a}, {match: b}, {match: c}, {match: '*', heartbeat_s: -1}]",
+            r"^policy.rules\[3\].heartbeat_s: must be >= 0",
+        ),
+        ("rules: [{match: '*', min_interval_s: .inf}]", r"rules\[0\].min_interval_s: must be"),
+        ("rules: [{match: ''}]", r"policy.rules\[0\].match: must not be empty"),
         ("defaults: {heartbeat_s: fast}", r"policy.defaults.heartbeat_s: expected a number"),
         ("classes: {location: ['*']}", "no answer for class"),
         ("rules: [{match: '*', speed: 1}]", r"policy.rules\[0\].speed: unknown key"),
