@@ -37,7 +37,10 @@ def load_databases(paths: Sequence[Path]) -> list[Database]:
     loaded = []
     for path in paths:
         if not Path(path).is_file():
-            raise DecodeError(f"database {str(path)!r} does not exist")
+            raise DecodeError(
+                f"database {str(path)!r} does not exist"
+                " (canvoy's own: 'canvoy dbc list', then 'canvoy dbc copy NAME')"
+            )
         try:
             db = cantools.database.load_file(str(path), strict=False)
         except Exception as exc:  # cantools raises many parser-specific types

@@ -28,12 +28,13 @@ from canvoy.broker.config import BrokerSettings
 from canvoy.broker.process import Broker
 from canvoy.certs import pki
 from canvoy.dbc import DEMO_DBC, DEMO_HV_DBC, DEMO_POLICY
-from canvoy.errors import CanvoyError
+from canvoy.errors import CanvoyError, ConfigError
 from canvoy.simulator.emit import Drive, record
 from canvoy.simulator.scenarios import load_scenario
 
 DEVICE, BRIDGE, OPERATOR = "demo-car-1", "demo-bridge", "demo-ops"
 DRIVE_S = 600.0
+MARKER = ".canvoy-demo"  # the folder is the demo's own: the next run may remove it
 DEMO_TRIGGER = """\
   triggers:
     - name: coolant_overtemp
@@ -125,6 +126,23 @@ def _read_json(path: Path) -> dict[str, Any]:
         return {}
 
 
+def _clear(workdir: Path) -> None:
+    """Remove an earlier demo's folder; never a folder the demo did not make."""
+    if workdir.is_file():
+        raise ConfigError(f"--workdir {workdir} is a file: name a folder for the demo")
+    if not workdir.exists():
+        return
+    earlier = all((workdir / n).exists() for n in ("pki", "agent.yaml", "bridge.yaml"))
+    if (workdir / MARKER).exists() or earlier:  # (an earlier version's demo made no marker)
+        shutil.rmtree(workdir)
+    elif any(workdir.iterdir()):
+        raise ConfigError(
+            f"--workdir {workdir} holds files the demo did not make: name a new or empty folder"
+        )
+    else:
+        workdir.rmdir()
+
+
 @contextmanager
 def _process(cmd: list[str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log.open("ab") as out:
@@ -150,11 +168,15 @@ def _wait(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
 
 
 def run_demo(workdir: Path, console: Console) -> int:
-    """Run the demo in ``workdir`` (recreated); return the exit code."""
+    """Run the demo in ``workdir`` (recreated when an earlier demo made it); return the exit code.
+
+    Raises:
+        ConfigError: ``workdir`` is a file, or a folder with files the demo did not make.
+    """
     workdir = workdir.resolve()
-    if workdir.exists():
-        shutil.rmtree(workdir)
+    _clear(workdir)
     workdir.mkdir(parents=True)
+    (workdir / MARKER).write_text("made by canvoy demo; removed with its folder by the next one\n")
     certs = workdir / "pki"
     log = _prepare(workdir, certs, console)
     port = _free_port()

@@ -43,22 +43,31 @@ def path(name: str) -> Path:
     Raises:
         ConfigError: no shipped file has that name.
     """
+    if name in scenarios() or name.removesuffix(".yaml") in scenarios():
+        name = f"scenarios/{name.removesuffix('.yaml')}.yaml"
     ref = resources.files(__name__).joinpath(*name.split("/"))
     if not ref.is_file():
-        raise ConfigError(f"{name!r} is not a file canvoy ships: use one of {', '.join(names())}")
+        raise ConfigError(
+            f"{name!r} is not a file canvoy ships: use one of {', '.join(names())} "
+            f"or a scenario ({', '.join(scenarios())})"
+        )
     return _FILES.enter_context(resources.as_file(ref))
 
 
 def copy(name: str, folder: Path, *, force: bool = False) -> Path:
-    """Write a copy of the shipped file ``name`` into ``folder``; return the copy's path.
+    """Write a copy of the shipped file ``name`` (or scenario) into ``folder``; return its path.
 
     Raises:
-        ConfigError: no shipped file has that name, or the copy exists and ``force`` is not set.
+        ConfigError: no shipped file has that name, the copy exists and ``force`` is not set, or
+            the folder cannot be written.
     """
     source = path(name)
-    target = folder / Path(name).name
+    target = folder / source.name
     if target.exists() and not force:
         raise ConfigError(f"{target} exists: pass --force to overwrite it")
-    folder.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(source.read_bytes())
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(source.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc.strerror or exc}") from exc
     return target

@@ -20,7 +20,8 @@ def add_parser(sub: Any) -> None:
         "--workdir",
         type=Path,
         default=Path("demo-run"),
-        help="where the demo writes everything (recreated)",
+        help="where the demo writes everything: a new or empty folder, or an earlier "
+        "demo's, which is replaced (default: demo-run)",
     )
     parser.set_defaults(func=_run)
 
