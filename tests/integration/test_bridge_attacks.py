@@ -13,12 +13,14 @@ from pathlib import Path
 import msgpack
 import pytest
 import zstandard
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from canvoy.certs import pki
 from canvoy.simulator.fleet import VirtualDevice
 from canvoy.transport.mqtt import Connection, Message
 from canvoy.wire import body
-from canvoy.wire.envelope import Envelope, sign
 from tests.agentkit import stop
 from tests.bridgekit import bridge_config, bridge_ready, read_jsonl, start_bridge
 from tests.conftest import RunningBroker
@@ -42,19 +44,23 @@ def _raw(
     seq: int | None = None,
     created_ms: int | None = None,
 ) -> bytes:
-    """An envelope of ``raw_body`` bytes, signed with the device's real key."""
+    """An envelope of ``raw_body`` bytes, signed with the device's real key; its fields are
+    packed by hand, so that values ``Envelope`` itself refuses can be sent too."""
     if seq is None:
         dev.seq += 1
-    envelope = Envelope(
-        device=dev.device,
-        boot=dev.boot,
-        seq=dev.seq if seq is None else seq,
-        kind=kind,  # type: ignore[arg-type]
-        created_ms=int(time.time() * 1000) if created_ms is None else created_ms,
-        encoding=encoding,  # type: ignore[arg-type]
-        body=raw_body,
-    )
-    return sign(envelope, dev.key)
+    fields = [
+        1,
+        dev.device,
+        dev.boot,
+        dev.seq if seq is None else seq,
+        kind,
+        int(time.time() * 1000) if created_ms is None else created_ms,
+        encoding,
+        raw_body,
+    ]
+    signed = bytes(msgpack.packb(fields, use_bin_type=True))
+    r, s = decode_dss_signature(dev.key.sign(signed, ec.ECDSA(hashes.SHA256())))
+    return bytes(msgpack.packb([signed, r.to_bytes(32, "big") + s.to_bytes(32, "big")]))
 
 
 def _nested_events(depth: int) -> bytes:

@@ -11,7 +11,14 @@ import pytest
 from canvoy.simulator.fleet import VirtualDevice
 from canvoy.wire.events import AgentEvent
 from tests.agentkit import stop
-from tests.bridgekit import WebhookReceiver, bridge_config, bridge_ready, read_jsonl, start_bridge
+from tests.bridgekit import (
+    WEBHOOK_SECRET,
+    WebhookReceiver,
+    bridge_config,
+    bridge_ready,
+    read_jsonl,
+    start_bridge,
+)
 from tests.conftest import RunningBroker
 from tests.waiting import wait_for
 
@@ -29,7 +36,7 @@ def test_a_refusing_sink_and_a_down_sink_hold_back_no_other(
     out = tmp_path / "out.jsonl"
     config = bridge_config(tmp_path / "bridge.yaml", broker, jsonl=out)
     secret = tmp_path / "secret"
-    secret.write_text("s3cret\n")
+    secret.write_text(WEBHOOK_SECRET + "\n")
 
     def desk(name: str, url: str) -> str:
         return (
