@@ -95,7 +95,8 @@ def test_acceptance_j1939_truck_log_prints_eec1_and_ccvs1() -> None:
     [
         (
             ["--dbc", "missing.dbc", "x.log"],
-            "database 'missing.dbc' does not exist (canvoy's own: 'canvoy dbc list', then 'canvoy dbc copy NAME')",
+            "database 'missing.dbc' does not exist "
+            "(canvoy's own: 'canvoy dbc list', then 'canvoy dbc copy NAME')",
         ),
         (["--dbc", str(TEST_DBC), "missing.log"], "log 'missing.log' does not exist"),
     ],
