@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from canvoy.bridge.records import Record
 from canvoy.bridge.sinks.base import Sink
@@ -23,6 +24,7 @@ from canvoy.errors import RecordRefusedError, SinkError, StoreError
 from canvoy.transport.backoff import StoppedError, retry_until_stopped
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 BATCH = 200  # records handed to a sink at once, and no more JSON than:
 BATCH_BYTES = 4 * 1024 * 1024
 RETRY_INITIAL_S = 1.0
@@ -106,15 +108,7 @@ class SinkQueue:
             self._stats[f"sink_state_failures_{self.sink.name}"] += 1
             log.error("sink %s: %s; retrying in %.1f s", self.sink.name, error, wait_s)
 
-        return retry_until_stopped(
-            lambda: reader.done(rows, reason=reason),
-            retry_on=StoreError,
-            stop=self._stop,
-            initial_s=RETRY_INITIAL_S,
-            max_s=RETRY_MAX_S,
-            jitter_s=0.5,
-            on_retry=note,
-        )
+        return self._retry(lambda: reader.done(rows, reason=reason), StoreError, note)
 
     def _settle(self, reader: SpoolReader, rows: list[Spooled]) -> None:
         refused = self._deliver(rows)
@@ -187,9 +181,18 @@ class SinkQueue:
                 wait_s,
             )
 
+        return self._retry(attempt, SinkError, note)
+
+    def _retry(
+        self,
+        attempt: Callable[[], T],
+        retry_on: type[Exception],
+        note: Callable[[BaseException | None, float], None],
+    ) -> T:
+        """``attempt`` until it works, with this queue's back-off, until the bridge stops."""
         return retry_until_stopped(
             attempt,
-            retry_on=SinkError,
+            retry_on=retry_on,
             stop=self._stop,
             initial_s=RETRY_INITIAL_S,
             max_s=RETRY_MAX_S,

@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
+from typing import TypeVar
 
 from canvoy.bridge.config import BridgeConfig
 from canvoy.bridge.delivery import SinkQueue
@@ -49,6 +50,7 @@ from canvoy.wire.keys import DeviceKeys
 from canvoy.wire.topics import PREFIX, topic
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 RECONNECT_MAX_S = 30.0
 CRL_CHECK_S = 5.0
 REPORT_S = 10.0
@@ -169,15 +171,7 @@ class Bridge:
 
         while not self._stop.is_set():
             try:
-                conn = retry_until_stopped(
-                    self._connect_once,
-                    retry_on=TransportError,
-                    stop=self._stop,
-                    initial_s=1.0,
-                    max_s=RECONNECT_MAX_S,
-                    jitter_s=0.5,
-                    on_retry=note,
-                )
+                conn = self._retry(self._connect_once, TransportError, note)
             except StoppedError:
                 return
             self._conn = conn
@@ -189,6 +183,23 @@ class Bridge:
             self._connected.clear()
             if not self._stop.is_set():
                 log.warning("bridge lost its connection: %s", conn.closed.result())
+
+    def _retry(
+        self,
+        attempt: Callable[[], T],
+        retry_on: type[Exception],
+        note: Callable[[BaseException | None, float], None],
+    ) -> T:
+        """``attempt`` until it works, with the bridge's back-off (1 s doubling to 30 s)."""
+        return retry_until_stopped(
+            attempt,
+            retry_on=retry_on,
+            stop=self._stop,
+            initial_s=1.0,
+            max_s=RECONNECT_MAX_S,
+            jitter_s=0.5,
+            on_retry=note,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -285,15 +296,7 @@ class Bridge:
             dead=batch.dead,
         )
         try:
-            retry_until_stopped(
-                write,
-                retry_on=StoreError,
-                stop=self._stop,
-                initial_s=1.0,
-                max_s=RECONNECT_MAX_S,
-                jitter_s=0.5,
-                on_retry=note,
-            )
+            self._retry(write, StoreError, note)
         except StoppedError:
             self.pipeline.forget(batch)  # unacknowledged: the broker delivers them again
             raise
