@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -30,6 +31,29 @@ BATCH_BYTES = 4 * 1024 * 1024
 RETRY_INITIAL_S = 1.0
 RETRY_MAX_S = 30.0
 IDLE_WAIT_S = 1.0
+
+
+def retry(
+    attempt: Callable[[], T],
+    retry_on: type[Exception],
+    stop: threading.Event,
+    note: Callable[[BaseException | None, float], None],
+) -> T:
+    """``attempt`` until it works or ``stop`` is set, with the bridge's back-off (1 s, doubling
+    to 30 s, plus jitter): for the sink queues, the state file and the broker connection.
+
+    Raises:
+        StoppedError: ``stop`` was set first.
+    """
+    return retry_until_stopped(
+        attempt,
+        retry_on=retry_on,
+        stop=stop,
+        initial_s=RETRY_INITIAL_S,
+        max_s=RETRY_MAX_S,
+        jitter_s=0.5,
+        on_retry=note,
+    )
 
 
 class SinkQueue:
@@ -76,7 +100,9 @@ class SinkQueue:
                 try:
                     rows = reader.take(BATCH, BATCH_BYTES)
                 except StoreError as exc:  # the disk is sick: wait, the rows stay spooled
-                    self._store_failed(exc, RETRY_MAX_S)
+                    self._state_failed(exc, RETRY_MAX_S)
+                    if self._stop.wait(RETRY_MAX_S):
+                        raise StoppedError from exc
                     continue
                 if not rows:
                     self._wake.wait(IDLE_WAIT_S)
@@ -91,24 +117,18 @@ class SinkQueue:
         finally:
             reader.close()
 
-    def _store_failed(self, exc: StoreError, wait_s: float) -> None:
+    def _state_failed(self, error: BaseException | None, wait_s: float) -> None:
+        """The state file refused a read or a write: counted and logged, then retried."""
         self._stats[f"sink_state_failures_{self.sink.name}"] += 1
-        log.error("sink %s: %s; retrying in %.0f s", self.sink.name, exc, wait_s)
-        if self._stop.wait(wait_s):
-            raise StoppedError
+        log.error("sink %s: %s; retrying in %.1f s", self.sink.name, error, wait_s)
 
     def _done(
         self, reader: SpoolReader, rows: list[Spooled], reason: str | None = None
     ) -> list[str]:
         """Record the settlement, retrying while the disk refuses (a full disk heals): the
         sink already has these records, so they must not be handed over again."""
-
-        def note(error: BaseException | None, wait_s: float) -> None:
-            assert isinstance(error, StoreError)
-            self._stats[f"sink_state_failures_{self.sink.name}"] += 1
-            log.error("sink %s: %s; retrying in %.1f s", self.sink.name, error, wait_s)
-
-        return self._retry(lambda: reader.done(rows, reason=reason), StoreError, note)
+        done = partial(reader.done, rows, reason=reason)
+        return retry(done, StoreError, self._stop, self._state_failed)
 
     def _settle(self, reader: SpoolReader, rows: list[Spooled]) -> None:
         refused = self._deliver(rows)
@@ -181,21 +201,4 @@ class SinkQueue:
                 wait_s,
             )
 
-        return self._retry(attempt, SinkError, note)
-
-    def _retry(
-        self,
-        attempt: Callable[[], T],
-        retry_on: type[Exception],
-        note: Callable[[BaseException | None, float], None],
-    ) -> T:
-        """``attempt`` until it works, with this queue's back-off, until the bridge stops."""
-        return retry_until_stopped(
-            attempt,
-            retry_on=retry_on,
-            stop=self._stop,
-            initial_s=RETRY_INITIAL_S,
-            max_s=RETRY_MAX_S,
-            jitter_s=0.5,
-            on_retry=note,
-        )
+        return retry(attempt, SinkError, self._stop, note)

@@ -8,6 +8,7 @@ and acknowledged (``internal`` when the bridge's own code failed on it, with the
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter
@@ -91,8 +92,12 @@ class Pipeline:
         if not self.held:
             return out
         now = time.monotonic()
-        ready = [h for h in self.held if self._known(h.received[1]) or now >= h.until]
-        self.held = [h for h in self.held if h not in ready]
+        ready: list[_Held] = []
+        waiting: list[_Held] = []
+        for h in self.held:
+            known = self.keys.get(_device_of(h.received[1].topic)) is not None
+            (ready if known or now >= h.until else waiting).append(h)
+        self.held = waiting
         for h in ready:
             got = self._confined(h.received, out, partial(self._verify_here, h.received, out, True))
             if got is not None:
@@ -108,12 +113,9 @@ class Pipeline:
         per_device = max(1, self.config.receive_maximum // 10)
         if len(self.held) >= limit:
             return False
-        device = msg.topic.split("/")[2] if msg.topic.count("/") == 3 else ""
-        return sum(1 for h in self.held if h.received[1].topic.split("/")[2] == device) < per_device
-
-    def _known(self, msg: Message) -> bool:
-        parts = msg.topic.split("/")
-        return len(parts) == 4 and self.keys.get(parts[2]) is not None
+        device = _device_of(msg.topic)
+        held = sum(1 for h in self.held if _device_of(h.received[1].topic) == device)
+        return held < per_device
 
     def _verified(self, batch: Sequence[Received], out: Batch) -> list[_Authentic]:
         """Each authentic message with its records (None: encode them here)."""
@@ -279,8 +281,12 @@ class Pipeline:
             log.error("quarantine log %s not written: %s", self.quarantine.path, exc)
 
 
+def _device_of(topic: str) -> str:
+    """The device segment of ``canvoy/v1/<device>/<kind>`` ("" for any other shape)."""
+    parts = topic.split("/")
+    return parts[2] if len(parts) == 4 else ""
+
+
 def receipt_payload(keys: Sequence[str]) -> bytes:
     """The JSON receipt for events envelopes durably forwarded."""
-    import json
-
     return json.dumps(body.receipts_content(list(keys), int(time.time() * 1000))).encode()

@@ -25,11 +25,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
+from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 from canvoy.bridge.config import BridgeConfig
-from canvoy.bridge.delivery import SinkQueue
+from canvoy.bridge.delivery import SinkQueue, retry
 from canvoy.bridge.pipeline import Batch, Pipeline, Received, receipt_payload
 from canvoy.bridge.quarantine import Quarantine
 from canvoy.bridge.sinks.base import Sink, SinkContext, build_sink
@@ -43,15 +43,13 @@ from canvoy.errors import (
     StoreError,
     TransportError,
 )
-from canvoy.transport.backoff import StoppedError, retry_until_stopped
+from canvoy.transport.backoff import StoppedError
 from canvoy.transport.mqtt import Connection, Message
 from canvoy.wire.errors import EnvelopeError
 from canvoy.wire.keys import DeviceKeys
 from canvoy.wire.topics import PREFIX, topic
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-RECONNECT_MAX_S = 30.0
 CRL_CHECK_S = 5.0
 REPORT_S = 10.0
 
@@ -171,7 +169,7 @@ class Bridge:
 
         while not self._stop.is_set():
             try:
-                conn = self._retry(self._connect_once, TransportError, note)
+                conn = retry(self._connect_once, TransportError, self._stop, note)
             except StoppedError:
                 return
             self._conn = conn
@@ -183,23 +181,6 @@ class Bridge:
             self._connected.clear()
             if not self._stop.is_set():
                 log.warning("bridge lost its connection: %s", conn.closed.result())
-
-    def _retry(
-        self,
-        attempt: Callable[[], T],
-        retry_on: type[Exception],
-        note: Callable[[BaseException | None, float], None],
-    ) -> T:
-        """``attempt`` until it works, with the bridge's back-off (1 s doubling to 30 s)."""
-        return retry_until_stopped(
-            attempt,
-            retry_on=retry_on,
-            stop=self._stop,
-            initial_s=1.0,
-            max_s=RECONNECT_MAX_S,
-            jitter_s=0.5,
-            on_retry=note,
-        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -288,7 +269,8 @@ class Bridge:
                 "%s; nothing is acknowledged until it works (next try in %.0f s)", error, wait_s
             )
 
-        write = lambda: self.state.commit(  # noqa: E731
+        write = partial(
+            self.state.commit,
             admitted=batch.admitted,
             statuses=batch.statuses,
             certs=batch.certs,
@@ -296,7 +278,7 @@ class Bridge:
             dead=batch.dead,
         )
         try:
-            self._retry(write, StoreError, note)
+            retry(write, StoreError, self._stop, note)
         except StoppedError:
             self.pipeline.forget(batch)  # unacknowledged: the broker delivers them again
             raise

@@ -108,9 +108,11 @@ def test_authentic_bodies_raise_nothing_but_envelope_errors(
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(content=bodies, kind=st.sampled_from(["telemetry", "events", "status"]))
 def test_the_pipeline_acknowledges_every_message(
-    fleet: tuple[Path, VirtualDevice], tmp_path_factory: pytest.TempPathFactory,
-    content: dict[str, Any], kind: str,
-) -> None:  # fmt: skip
+    fleet: tuple[Path, VirtualDevice],
+    tmp_path_factory: pytest.TempPathFactory,
+    content: dict[str, Any],
+    kind: str,
+) -> None:
     root, car = fleet
     if not _packable(content):
         return
