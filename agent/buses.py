@@ -35,7 +35,7 @@ class BusConfig:
     j1939: bool | None = None  # None: detect from the database
     filters: Literal["auto", "none"] = "auto"
     replay: Path | None = None
-    speed: str = "max"
+    speed: str | float = "max"  # max, realtime or xN (N alone is xN too)
     loop: bool = False
     obd: ObdConfig | None = None  # poll OBD-II over ISO-TP on this (live) bus
 

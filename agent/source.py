@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -57,16 +58,13 @@ class ReplayStats:
 
 
 class _LineFile:
-    """A text file that remembers its line number, so a reader can resume after a bad line."""
+    """A text file, read line by line (undecodable bytes replaced)."""
 
     def __init__(self, path: Path) -> None:
         self._file = path.open("r", encoding="utf-8", errors="replace")
-        self.line = 0
 
     def __iter__(self) -> Iterator[str]:
-        for text in self._file:
-            self.line += 1
-            yield text
+        return iter(self._file)
 
     def close(self) -> None:
         self._file.close()
@@ -197,18 +195,42 @@ def _read_other(path: Path, stats: ReplayStats) -> Iterator[can.Message]:
 def _read_candump(path: Path, stats: ReplayStats) -> Iterator[can.Message]:
     source = _LineFile(path)
     try:
-        while True:
-            reader = can.io.CanutilsLogReader(source)  # type: ignore[arg-type]
-            try:
-                for msg in reader:
-                    stats.frames += 1
-                    yield msg
-                return
-            except Exception as exc:
-                stats.bad_lines += 1
-                log.debug("log %s line %d skipped: %s", path, source.line, exc)
+        yield from read_candump_lines(source, stats, str(path))
     finally:
         source.close()
+
+
+def read_candump_lines(
+    lines: Iterable[str], stats: ReplayStats, name: str
+) -> Iterator[can.Message]:
+    """The frames of ``candump -L`` text (python-can's reader); bad lines are counted, skipped."""
+    numbered = _Numbered(lines)
+    while True:
+        reader = can.io.CanutilsLogReader(numbered)  # type: ignore[arg-type]
+        try:
+            for msg in reader:
+                stats.frames += 1
+                yield msg
+            return
+        except Exception as exc:
+            stats.bad_lines += 1
+            log.debug("%s line %d skipped: %s", name, numbered.line, exc)
+
+
+class _Numbered:
+    """Lines that remember how many were read, so that a reader can resume after a bad one."""
+
+    def __init__(self, lines: Iterable[str]) -> None:
+        self._lines = iter(lines)
+        self.line = 0
+
+    def __iter__(self) -> Iterator[str]:
+        for text in self._lines:
+            self.line += 1
+            yield text
+
+    def close(self) -> None:
+        """Called by python-can's reader when it is done; the caller owns the lines."""
 
 
 def replay_frames(path: Path, *, loop: bool, stats: ReplayStats) -> Iterator[can.Message]:
@@ -236,22 +258,23 @@ def replay_frames(path: Path, *, loop: bool, stats: ReplayStats) -> Iterator[can
 Speed = Literal["max", "realtime"] | float
 
 
-def parse_speed(text: str) -> Speed:
-    """``max``, ``realtime`` or ``xN`` (N times real time).
+def parse_speed(text: str | float) -> Speed:
+    """``max``, ``realtime`` or ``xN`` (N times real time); ``N`` and ``Nx`` mean ``xN`` too.
 
     Raises:
-        ValueError: anything else.
+        ValueError: anything else, or a factor that is not a finite number > 0.
     """
-    if text in ("max", "realtime"):
-        return text  # type: ignore[return-value]
-    if text.startswith("x"):
-        try:
-            factor = float(text[1:])
-        except ValueError:
-            factor = 0.0
-        if factor > 0:
-            return factor
-    raise ValueError(f"speed {text!r} is invalid: use max, realtime or xN (e.g. x10)")
+    spelled = str(text).strip().lower()
+    if spelled in ("max", "realtime"):
+        return spelled  # type: ignore[return-value]
+    number = spelled.removeprefix("x") if spelled.startswith("x") else spelled.removesuffix("x")
+    try:
+        factor = float(number)
+    except ValueError:
+        factor = 0.0
+    if 0 < factor < math.inf:
+        return factor
+    raise ValueError(f"speed {str(text)!r} is invalid: use max, realtime or xN (e.g. x10)")
 
 
 def paced(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from canvoy.certs import pki
-from canvoy.errors import BrokerError, PKIError
+from canvoy.errors import BrokerError, ConfigError, PKIError
 from canvoy.wire.topics import FLEET_PREFIX, PREFIX
 
 # A bridge restarting for minutes at fleet rate must not lose messages: Mosquitto's default
@@ -35,9 +35,11 @@ class BrokerSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
-            raise BrokerError(f"port {self.port} is invalid: use 1-65535")
+            raise ConfigError(f"--port {self.port} is invalid: use 1-65535")
         if self.max_queued_messages < 0 or self.max_queued_bytes < 0:
-            raise BrokerError("max_queued_messages and max_queued_bytes must be >= 0 (0 = none)")
+            raise ConfigError(
+                "--max-queued-messages and --max-queued-bytes must be >= 0 (0 = no limit)"
+            )
 
     @property
     def conf_path(self) -> Path:
@@ -136,8 +138,8 @@ def write_config(settings: BrokerSettings) -> Path:
     """Write mosquitto.conf and the ACL into ``settings.data``; return the conf path.
 
     Raises:
-        BrokerError: the PKI has no broker certificate, or the data directory is not writable.
-        PKIError: there is no fleet CA.
+        BrokerError: the data directory is not writable.
+        PKIError: there is no fleet CA or no broker certificate.
     """
     certs = settings.certs
     # Only the CA certificate: the CA's private key stays on the CA host (docs/SECURITY.md).
@@ -148,9 +150,9 @@ def write_config(settings: BrokerSettings) -> Path:
         )
     cert = pki.identity_dir(certs, "broker", settings.broker_name) / "cert.pem"
     if not cert.is_file():
-        raise BrokerError(
+        raise PKIError(
             f"no broker certificate at {str(cert)!r}: run "
-            f"'canvoy certs issue broker --dir {certs} --host localhost --host 127.0.0.1'"
+            f"'canvoy certs issue broker --certs {certs} --host localhost --host 127.0.0.1'"
         )
     try:
         settings.data.mkdir(parents=True, exist_ok=True)

@@ -1,24 +1,26 @@
 """The one exception tree of canvoy; every package raises from here or from ``canvoy.wire.errors``.
 
-    CanvoyError
-     +-- ConfigError (ValueError)            a config file or option is invalid
-     +-- PKIError                            the fleet PKI cannot do what was asked
-     +-- BrokerError                         Mosquitto cannot be configured or started
+    CanvoyError                             exit 1: a runtime failure (unless a subclass below)
+     +-- UsageError                          exit 2: fix the command line, a config or a file named
+     |    +-- ConfigError (ValueError)       a config file or option is invalid
+     |    +-- PKIError                       the fleet PKI cannot do what was asked
+     |    +-- DecodeError                    a CAN database or log cannot be used
+     |    +-- InvalidIdentityError           (canvoy.wire.errors) a name is not allowed
+     +-- BrokerError                         Mosquitto cannot be started or stopped
      +-- TransportError                      talking to the MQTT broker failed
      |    +-- ConnectRefusedError            the broker refused the connection (reason code)
      |    +-- PublishRefusedError            the broker refused a publish (reason >= 0x80)
      |    +-- ConnectionLostError            the connection dropped with publishes in flight
-     +-- DecodeError                         a CAN database or log cannot be used
      +-- SinkError                           a downstream sink did not accept a delivery
      |    +-- RecordRefusedError             a sink can never take this record (dead letter)
      +-- StoreError                          the local outbox cannot be used
-     +-- (canvoy.wire.errors, the protocol's own errors)
-          InvalidIdentityError (ValueError)  a device/identity name is not allowed
-          EnvelopeError (ValueError)         a payload is not a valid, authentic envelope
-           +-- OversizeError, MalformedError, UnsupportedVersionError, SignatureError,
-               IdentityMismatchError, UnknownDeviceError, ReplayError, DuplicateError
+     +-- EnvelopeError (ValueError)          (canvoy.wire.errors) not a valid, authentic envelope
+          +-- OversizeError, MalformedError, UnsupportedVersionError, SignatureError,
+              IdentityMismatchError, UnknownDeviceError, ReplayError, DuplicateError
 
-Every message names the bad value and says what to do about it.
+Every message names the bad value and says what to do about it. The command line exits 2 for a
+``UsageError`` (the same run fails again until the user changes something they gave) and 1 for
+every other ``CanvoyError`` (something failed while running: a broker, a disk, a sink).
 """
 
 from __future__ import annotations
@@ -28,7 +30,11 @@ class CanvoyError(Exception):
     """Root of every error canvoy raises on purpose."""
 
 
-class ConfigError(CanvoyError, ValueError):
+class UsageError(CanvoyError):
+    """What was asked cannot be done as asked: an option, a config file or a file it names."""
+
+
+class ConfigError(UsageError, ValueError):
     """A configuration file, option or value is invalid.
 
     ``key`` names the field a dataclass check rejected, so that the config reader can put the
@@ -41,12 +47,12 @@ class ConfigError(CanvoyError, ValueError):
         self.problem = message
 
 
-class PKIError(CanvoyError):
+class PKIError(UsageError):
     """The fleet PKI cannot do what was asked (missing CA, existing key, unknown name)."""
 
 
 class BrokerError(CanvoyError):
-    """Mosquitto cannot be configured or started."""
+    """Mosquitto cannot be started, or stopped, as configured."""
 
 
 class TransportError(CanvoyError):
@@ -73,7 +79,7 @@ class ConnectionLostError(TransportError):
     """The connection dropped while publishes were waiting for acknowledgement."""
 
 
-class DecodeError(CanvoyError):
+class DecodeError(UsageError):
     """A CAN database or log file cannot be used."""
 
 

@@ -151,7 +151,7 @@ def sign(
         if pki.load_certificate(current).public_key() == key:
             raise PKIError(
                 f"{kind} {name!r} already has a certificate for this key: renew it with "
-                f"'canvoy certs renew {kind} {name} --dir {root}'"
+                f"'canvoy certs renew {kind} {name} --certs {root}'"
             )
         raise PKIError(
             f"{kind} {name!r} already exists with another key in {str(folder)!r}: "
@@ -189,7 +189,7 @@ def renew(
     if not current.is_file():
         raise PKIError(
             f"no {kind} {name!r} in {str(root)!r}: issue it with "
-            f"'canvoy certs issue {kind} {name} --dir {root}'"
+            f"'canvoy certs issue {kind} {name} --certs {root}'"
         )
     old = pki.load_certificate(current)
     hosts = _hosts(old)
@@ -203,7 +203,7 @@ def renew(
         raise PKIError(
             f"{kind} {name!r} was enrolled by request, so its key is not here: make a new key "
             f"where it lives with 'canvoy certs request {kind} {name} --key NEW.pem -o "
-            f"{name}.csr' and sign that with 'canvoy certs sign {name}.csr --dir {root} --force'"
+            f"{name}.csr' and sign that with 'canvoy certs sign {name}.csr --certs {root} --force'"
         )
     private = ec.generate_private_key(ec.SECP256R1())
     pki.write_key(key_path, private, force=True)

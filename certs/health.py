@@ -69,7 +69,7 @@ def crl_finding(
     """The CRL's problem, if its next update is past or within ``within`` of ``now``."""
     now = now or _now()
     fix = (
-        f"re-sign it on the CA host with 'canvoy certs crl --dir {certs}', copy crl.pem to "
+        f"re-sign it on the CA host with 'canvoy certs crl --certs {certs}', copy crl.pem to "
         "every broker and bridge and send the broker SIGHUP"
     )
     if crl is None:
@@ -119,7 +119,7 @@ def check(root: Path, within: dt.timedelta, now: dt.datetime | None = None) -> l
         if ident.revoked:
             continue
         what = f"{ident.kind} {ident.name}"
-        renew = f"renew it with 'canvoy certs renew {ident.kind} {ident.name} --dir {root}'"
+        renew = f"renew it with 'canvoy certs renew {ident.kind} {ident.name} --certs {root}'"
         if ident.not_before is not None and ident.not_before > now:
             found.append(
                 Finding(

@@ -59,7 +59,7 @@ def require_identity(root: Path, kind: IdentityKind, name: str) -> Path:
         if not needed.exists():
             raise PKIError(
                 f"{needed} does not exist: issue it with "
-                f"'canvoy certs issue {kind} {name} --dir {root}'"
+                f"'canvoy certs issue {kind} {name} --certs {root}'"
             )
     return folder
 
@@ -143,7 +143,9 @@ def load_ca(root: Path) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
         PKIError: there is no CA under ``root`` or it cannot be read.
     """
     if not ca_cert_path(root).is_file() or not ca_key_path(root).is_file():
-        raise PKIError(f"no fleet CA in {str(root)!r}: run 'canvoy certs init --dir {root}' first")
+        raise PKIError(
+            f"no fleet CA in {str(root)!r}: run 'canvoy certs init --certs {root}' first"
+        )
     key = serialization.load_pem_private_key(ca_key_path(root).read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise PKIError(f"CA key {str(ca_key_path(root))!r} is not an EC key")

@@ -1,7 +1,8 @@
 """The protocol's own errors: identities and envelopes (the rest of the tree is ``canvoy.errors``).
 
     CanvoyError (canvoy.errors)
-     +-- InvalidIdentityError (ValueError)   a device/identity name is not allowed
+     +-- UsageError (canvoy.errors)
+     |    +-- InvalidIdentityError (ValueError)  a device/identity name is not allowed
      +-- EnvelopeError (ValueError)          a payload is not a valid, authentic envelope
           +-- OversizeError                  larger than the 128 KiB payload limit
           +-- MalformedError                 not the msgpack structure the protocol defines
@@ -17,10 +18,10 @@
 
 from __future__ import annotations
 
-from canvoy.errors import CanvoyError
+from canvoy.errors import CanvoyError, UsageError
 
 
-class InvalidIdentityError(CanvoyError, ValueError):
+class InvalidIdentityError(UsageError, ValueError):
     """A device or identity name does not match the allowed form."""
 
 

@@ -13,15 +13,24 @@ from canvoy.agent.config import load_config
 from canvoy.agent.outbox import EventStatus, open_status
 from canvoy.agent.policy import load_policy
 from canvoy.agent.service import Agent, status_path
-from canvoy.agent.source import parse_speed
 from canvoy.certs import pki
+from canvoy.commands.options import (
+    add_broker,
+    add_certs,
+    add_config,
+    config_path,
+    parse_broker,
+    replay_speed,
+)
 from canvoy.errors import ConfigError
 from canvoy.signals import stop_on_signals
 from canvoy.wire.ids import check_id
 
 CONFIG_TEMPLATE = """\
-# canvoy agent config; every key is described in docs/CONFIG.md.
-# Relative paths are relative to this file.
+# canvoy agent config, written by 'canvoy agent init': every key with its value, and what it
+# does; docs/CONFIG.md describes each. Relative paths are relative to this file's folder
+# (paths under it are written that way, so the folder can move); absolute paths stay as they are.
+# Run it with: canvoy agent run --config {config}
 
 # Device id: the certificate's CN, the MQTT client id and the topic segment.
 device: {device}
@@ -36,7 +45,10 @@ tls:
 buses:
   - name: {bus_name}
     databases: [{dbc}]
-{source}
+{source}    j1939: null               # null: detect from the database; true: match ids by PGN
+    filters: auto             # auto: the driver passes only the databases' ids; none: everything
+    obd: null                 # OBD-II polling on a live bus: {{pids: {{"0C": 1.0}}}} (CONFIG.md)
+
 # The collection policy (docs/POLICY.md); null collects every signal but counters/checksums.
 policy: {policy}
 
@@ -45,6 +57,8 @@ batch:
   max_interval_s: 1.0
   max_samples: 20000
   max_bytes: 98304          # uncompressed estimate; the signed envelope stays <= 128 KiB
+  queue_samples: 200000     # samples waiting for the sealing thread; beyond, dropped and counted
+  queue_events: 10000       # event envelopes waiting for the sealing thread
 
 # The durable store every envelope is committed to before it is sent.
 outbox:
@@ -57,18 +71,28 @@ mqtt:
   host: {host}
   port: {port}
   keepalive_s: 30
+  connect_timeout_s: 10.0   # wait this long for the broker's CONNACK
   max_inflight: 20
   max_publishes_per_s: 100
   max_bytes_per_s: 524288
   reconnect_min_s: 1.0
   reconnect_max_s: 60.0
+  stall_timeout_s: 5.0      # publishes in flight and no PUBACK this long: reconnect
+  probe_interval_s: 0.5     # while the broker is unreachable, probe its port this often
 
 # Diagnostics from decoded signals (docs/CONFIG.md): DTCs broadcast in a DBC message, and
 # threshold triggers with a hold time and a freeze frame. J1939 buses also report DM1 codes.
 diagnostics:
   dtc_signals: ["*/DIAG_DTC/Dtc[0-9]*"]
   odometer: "*/INSTRUMENT/Odometer"
+  latitude: "*/GNSS_POSITION/Latitude"    # sent only when the policy collects it (consent)
+  longitude: "*/GNSS_POSITION/Longitude"
+  freeze_frame: ["*/ENGINE_1/EngineSpeed", "*/ENGINE_1/EngineLoad", "*/ENGINE_2/CoolantTemp",
+                 "*/ENGINE_2/OilPressure", "*/VEHICLE_DYNAMICS/VehicleSpeed",
+                 "*/BATTERY_12V/BatteryVoltage"]
+  lamps: {{}}                 # warning-lamp signals (glob: code), e.g. {{"*/DASH/MilLamp": MIL}}
   receipt_deadline_s: 300.0 # an event a bridge has not confirmed by then is shown as overdue
+  resume_s: 60.0            # after a restart, an open episode's source has this long to report
   triggers: []
   # - name: coolant_overtemp
   #   when: "CoolantTemp > 112 for 5 s"
@@ -83,31 +107,77 @@ shutdown_timeout_s: 10.0
 
 def add_parser(sub: Any) -> None:
     """Register ``canvoy agent`` and its subcommands."""
-    parser = sub.add_parser("agent", help="the in-vehicle agent: init, run, status")
+    parser = sub.add_parser(
+        "agent",
+        help="the in-vehicle agent: init, run, status",
+        description="Write an agent config, run the agent, or show its outbox.",
+        epilog="example:\n  canvoy agent init --device car-1 --certs fleet --broker mq.example.com "
+        "--dbc car.dbc --bus socketcan:can0 -o agent.yaml\n"
+        "  canvoy agent run --config agent.yaml",
+    )
     agent_sub = parser.add_subparsers(dest="agent_command", required=True, metavar="ACTION")
 
-    init = agent_sub.add_parser("init", help="write a complete, commented agent config")
+    init = agent_sub.add_parser(
+        "init",
+        help="write a complete, commented agent config",
+        description="Writes every key of the agent config with its value and a comment, checks "
+        "that it loads, and prints how to run it.",
+        epilog="examples:\n"
+        "  canvoy agent init --device car-1 --certs fleet --broker mq.example.com \\\n"
+        "      --dbc car.dbc --bus socketcan:can0 -o /etc/canvoy/agent.yaml\n"
+        "  canvoy agent init --device car-1 --certs fleet --broker localhost:8883 \\\n"
+        "      --dbc demo_vehicle.dbc --replay drive.blf --speed x10 --loop -o agent.yaml",
+    )
     init.add_argument("--device", required=True, help="device id (its certificate CN)")
-    init.add_argument("--certs", type=Path, required=True, help="fleet PKI directory")
+    add_certs(init)
     init.add_argument(
         "--key", type=Path, help="the device key, when it is not in the PKI (certs request)"
     )
     init.add_argument("--cert", type=Path, help="the device certificate that goes with --key")
-    init.add_argument("--broker", required=True, metavar="HOST:PORT")
-    init.add_argument("--dbc", type=Path, required=True, action="append", help="repeatable")
+    add_broker(init)
+    init.add_argument(
+        "--dbc",
+        type=Path,
+        required=True,
+        action="append",
+        metavar="FILE",
+        help="a DBC, KCD, SYM or ARXML database (repeatable)",
+    )
     source = init.add_mutually_exclusive_group(required=True)
     source.add_argument("--replay", type=Path, metavar="LOGFILE", help="replay a CAN log")
-    source.add_argument("--bus", metavar="INTERFACE:CHANNEL", help="e.g. socketcan:can0")
-    init.add_argument("--speed", default="max", help="replay pace: max, realtime or xN")
+    source.add_argument(
+        "--bus", metavar="INTERFACE:CHANNEL", help="a live python-can bus, e.g. socketcan:can0"
+    )
+    init.add_argument(
+        "--speed",
+        type=replay_speed,
+        default="max",
+        help="replay pace: max, realtime or xN (x10: ten times real time; 10 means x10 too)",
+    )
     init.add_argument("--loop", action="store_true", help="replay the log again and again")
-    init.add_argument("--policy", type=Path, help="collection policy file")
-    init.add_argument("--outbox", type=Path, default=Path("canvoy-outbox.sqlite"))
-    init.add_argument("-o", "--output", type=Path, required=True)
+    init.add_argument("--policy", type=Path, metavar="FILE", help="collection policy file")
+    init.add_argument(
+        "--outbox",
+        type=Path,
+        default=Path("canvoy-outbox.sqlite"),
+        metavar="FILE",
+        help="the SQLite outbox (default: canvoy-outbox.sqlite in the working directory)",
+    )
+    init.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="FILE", help="the config to write"
+    )
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     init.set_defaults(func=_init)
 
-    run = agent_sub.add_parser("run", help="run the agent until SIGTERM")
-    run.add_argument("--config", type=Path, required=True)
+    run = agent_sub.add_parser(
+        "run",
+        help="run the agent until SIGTERM",
+        description="Collects, seals and publishes until SIGTERM or Ctrl-C; what is not yet "
+        "acknowledged stays in the outbox for the next start.",
+        epilog="examples:\n  canvoy agent run --config agent.yaml --log-format json\n"
+        "  canvoy agent run --config replay.yaml --exit-when-done -v",
+    )
+    add_config(run, "agent")
     run.add_argument(
         "--exit-when-done",
         action="store_true",
@@ -115,26 +185,15 @@ def add_parser(sub: Any) -> None:
     )
     run.set_defaults(func=_run)
 
-    status = agent_sub.add_parser("status", help="outbox depth, age, evictions, rejections")
-    status.add_argument("--config", type=Path, required=True)
+    status = agent_sub.add_parser(
+        "status",
+        help="outbox depth, age, evictions, rejections",
+        description="Reads the outbox (read-only) and the running agent's status file.",
+        epilog="example:\n  canvoy agent status --config agent.yaml --json",
+    )
+    add_config(status, "agent")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(func=_status)
-
-
-def parse_broker(text: str) -> tuple[str, int]:
-    """Split ``HOST:PORT``.
-
-    Raises:
-        ConfigError: not HOST:PORT with a port 1..65535.
-    """
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise ConfigError(f"--broker {text!r} must be HOST:PORT, e.g. localhost:8883")
-    return host, int(port)
-
-
-def _quote(path: Path) -> str:
-    return json.dumps(str(path.resolve()))
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -143,34 +202,51 @@ def _init(args: argparse.Namespace) -> int:
     cert_path, key_path = _device_files(args, device)
     if args.output.exists() and not args.force:
         raise ConfigError(f"{args.output} exists: pass --force to overwrite it")
+    out = args.output
     if args.replay is not None:
-        parse_speed(args.speed)
+        speed = args.speed if isinstance(args.speed, str) else f"x{args.speed:g}"
         source = (
-            f"    replay: {_quote(args.replay)}\n    speed: {args.speed}       "
-            f"# max, realtime or xN\n    loop: {str(args.loop).lower()}\n"
+            "    interface: null           # a live bus instead: interface and channel, no replay\n"
+            "    channel: null\n"
+            "    bitrate: null\n"
+            "    fd: false\n"
+            "    options: {}\n"
+            f"    replay: {config_path(args.replay, out)}\n"
+            f"    speed: {speed:<21} # max, realtime or xN\n"
+            f"    loop: {str(args.loop).lower()}\n"
         )
     else:
         interface, _, channel = args.bus.partition(":")
         if not interface or not channel:
             raise ConfigError(f"--bus {args.bus!r} must be INTERFACE:CHANNEL, e.g. socketcan:can0")
-        source = f"    interface: {interface}\n    channel: {channel}\n"
+        source = (
+            f"    interface: {json.dumps(interface)}\n"
+            f"    channel: {json.dumps(channel)}\n"
+            "    bitrate: null             # null: the interface's own (SocketCAN: 'ip link')\n"
+            "    fd: false                 # true: CAN FD\n"
+            "    options: {}               # passed to can.Bus(...) unchanged\n"
+            "    replay: null              # or a log file to replay instead of a live bus\n"
+            "    speed: max                # replay pace: max, realtime or xN\n"
+            "    loop: false\n"
+        )
     text = CONFIG_TEMPLATE.format(
+        config=out,
         device=device,
-        ca=_quote(args.certs / "ca.pem"),
-        cert=_quote(cert_path),
-        key=_quote(key_path),
+        ca=config_path(pki.ca_cert_path(args.certs), out),
+        cert=config_path(cert_path, out),
+        key=config_path(key_path, out),
         bus_name="can0",
-        dbc=", ".join(_quote(d) for d in args.dbc),
+        dbc=", ".join(config_path(d, out) for d in args.dbc),
         source=source,
-        policy=_quote(args.policy) if args.policy else "null",
-        outbox=_quote(args.outbox),
-        host=host,
+        policy=config_path(args.policy, out) if args.policy else "null",
+        outbox=config_path(args.outbox, out),
+        host=json.dumps(host),
         port=port,
     )
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    load_policy(load_config(args.output).policy)  # what we wrote must run as is
-    print(f"wrote {args.output}; run it with: canvoy agent run --config {args.output}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    load_policy(load_config(out).policy)  # what we wrote must run as is
+    print(f"wrote {out}; run it with: canvoy agent run --config {out}")
     return 0
 
 

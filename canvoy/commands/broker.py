@@ -12,6 +12,7 @@ from canvoy.broker.config import (
     BrokerSettings,
 )
 from canvoy.broker.process import data_dir_default, run_foreground
+from canvoy.commands.options import DEFAULT_PORT, add_certs
 
 
 def add_parser(sub: Any) -> None:
@@ -21,13 +22,34 @@ def add_parser(sub: Any) -> None:
         help="run Mosquitto with mutual TLS and per-device ACLs from the PKI",
         description="Runs in the foreground. SIGTERM stops it; SIGHUP rewrites the ACL from the "
         "PKI and reloads certificates and the CRL.",
+        epilog="examples:\n  canvoy broker --certs fleet\n"
+        "  canvoy broker --certs fleet --bind 0.0.0.0 --port 8883 --data /var/lib/canvoy-broker",
     )
-    parser.add_argument("--certs", type=Path, required=True, help="the PKI directory")
-    parser.add_argument("--port", type=int, default=8883)
-    parser.add_argument("--bind", default="127.0.0.1", help="address to listen on")
-    parser.add_argument("--data", type=Path, help="state directory (default CERTS/broker-data)")
-    parser.add_argument("--max-queued-messages", type=int, default=DEFAULT_MAX_QUEUED_MESSAGES)
-    parser.add_argument("--max-queued-bytes", type=int, default=DEFAULT_MAX_QUEUED_BYTES)
+    add_certs(parser)
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"TLS port (default {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--bind", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--data", type=Path, metavar="DIR", help="state directory (default CERTS/broker-data)"
+    )
+    parser.add_argument(
+        "--max-queued-messages",
+        type=int,
+        default=DEFAULT_MAX_QUEUED_MESSAGES,
+        metavar="N",
+        help="messages queued per offline or slow client (0: no limit; "
+        f"default {DEFAULT_MAX_QUEUED_MESSAGES:,})",
+    )
+    parser.add_argument(
+        "--max-queued-bytes",
+        type=int,
+        default=DEFAULT_MAX_QUEUED_BYTES,
+        metavar="N",
+        help=f"the same bound in bytes (0: no limit; default {DEFAULT_MAX_QUEUED_BYTES:,})",
+    )
     parser.set_defaults(func=_run)
 
 

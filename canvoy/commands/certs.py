@@ -18,7 +18,14 @@ from canvoy.errors import PKIError
 
 def add_parser(sub: Any) -> None:
     """Register ``canvoy certs`` and its actions."""
-    parser = sub.add_parser("certs", help="make, renew and inspect the fleet PKI (ECDSA P-256)")
+    parser = sub.add_parser(
+        "certs",
+        help="make, renew and inspect the fleet PKI (ECDSA P-256)",
+        description="The fleet PKI: a root CA, a key and certificate per identity, a CRL.",
+        epilog="example:\n  canvoy certs init --certs fleet\n"
+        "  canvoy certs issue broker --certs fleet --host mq.example.com\n"
+        "  canvoy certs issue device car-1 --certs fleet",
+    )
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     _add_making(actions)
     _add_enrolment(actions)
@@ -26,16 +33,23 @@ def add_parser(sub: Any) -> None:
 
 
 def _add_making(actions: Any) -> None:
-    init = actions.add_parser("init", help="create the fleet root CA")
+    init = actions.add_parser(
+        "init",
+        help="create the fleet root CA",
+        epilog="example:\n  canvoy certs init --certs fleet",
+    )
     _dir(init)
     init.add_argument("--days", type=int, default=pki.CA_DAYS, help="validity (default 10 years)")
     init.add_argument("--force", action="store_true", help="replace an existing CA")
     init.set_defaults(func=_init)
 
     issue = actions.add_parser(
-        "issue", help="make a key and certificate for a broker, device, bridge or operator"
+        "issue",
+        help="make a key and certificate for a broker, device, bridge or operator",
+        epilog="examples:\n  canvoy certs issue device car-1 --certs fleet\n"
+        "  canvoy certs issue broker --certs fleet --host mq.example.com --host 127.0.0.1",
     )
-    issue.add_argument("kind", choices=pki.KINDS)
+    issue.add_argument("kind", choices=pki.KINDS, help="what the identity is")
     issue.add_argument("name", nargs="?", help="identity name (CN); the broker's is 'broker'")
     _dir(issue)
     _hosts(issue)
@@ -43,8 +57,12 @@ def _add_making(actions: Any) -> None:
     issue.add_argument("--force", action="store_true", help="replace an existing key")
     issue.set_defaults(func=_issue)
 
-    revoke = actions.add_parser("revoke", help="revoke an identity and rewrite the CRL")
-    revoke.add_argument("name")
+    revoke = actions.add_parser(
+        "revoke",
+        help="revoke an identity and rewrite the CRL",
+        epilog="example:\n  canvoy certs revoke car-7 --certs fleet",
+    )
+    revoke.add_argument("name", help="the identity to revoke")
     revoke.add_argument("--kind", choices=pki.KINDS, help="when the name exists under two kinds")
     revoke.add_argument(
         "--previous",
@@ -54,7 +72,11 @@ def _add_making(actions: Any) -> None:
     _dir(revoke)
     revoke.set_defaults(func=_revoke)
 
-    crl = actions.add_parser("crl", help="re-sign the CRL with a new next update")
+    crl = actions.add_parser(
+        "crl",
+        help="re-sign the CRL with a new next update",
+        epilog="example:\n  canvoy certs crl --certs fleet --days 30",
+    )
     _dir(crl)
     crl.add_argument(
         "--days", type=int, default=pki.CRL_DAYS, help=f"until next update (default {pki.CRL_DAYS})"
@@ -64,18 +86,25 @@ def _add_making(actions: Any) -> None:
 
 def _add_enrolment(actions: Any) -> None:
     request = actions.add_parser(
-        "request", help="where the key lives: make a certificate request (and the key if absent)"
+        "request",
+        help="where the key lives: make a certificate request (and the key if absent)",
+        epilog="example:\n"
+        "  canvoy certs request device car-1 --key /etc/canvoy/key.pem -o car-1.csr",
     )
-    request.add_argument("kind", choices=pki.KINDS)
-    request.add_argument("name")
+    request.add_argument("kind", choices=pki.KINDS, help="what the identity is")
+    request.add_argument("name", help="identity name (the certificate's CN)")
     request.add_argument(
         "--key", type=Path, required=True, help="the private key (made here, mode 0600, if absent)"
     )
     request.add_argument("-o", "--output", type=Path, required=True, help="the request (.csr)")
     request.set_defaults(func=_request)
 
-    sign = actions.add_parser("sign", help="on the CA host: issue the certificate a request asks")
-    sign.add_argument("csr", type=Path)
+    sign = actions.add_parser(
+        "sign",
+        help="on the CA host: issue the certificate a request asks",
+        epilog="example:\n  canvoy certs sign car-1.csr --certs fleet -o car-1.pem",
+    )
+    sign.add_argument("csr", type=Path, help="the certificate request (.csr) to sign")
     _dir(sign)
     _hosts(sign)
     _validity(sign)
@@ -83,8 +112,12 @@ def _add_enrolment(actions: Any) -> None:
     sign.add_argument("--force", action="store_true", help="replace an identity's certificate")
     sign.set_defaults(func=_sign)
 
-    renew = actions.add_parser("renew", help="a new certificate for an identity, same key")
-    renew.add_argument("kind", choices=pki.KINDS)
+    renew = actions.add_parser(
+        "renew",
+        help="a new certificate for an identity, same key",
+        epilog="example:\n  canvoy certs renew device car-1 --certs fleet",
+    )
+    renew.add_argument("kind", choices=pki.KINDS, help="what the identity is")
     renew.add_argument("name", nargs="?", help="identity name; the broker's is 'broker'")
     _dir(renew)
     _validity(renew)
@@ -95,13 +128,19 @@ def _add_enrolment(actions: Any) -> None:
 
 
 def _add_inspection(actions: Any) -> None:
-    listing = actions.add_parser("list", help="show the CA, the CRL and every identity")
+    listing = actions.add_parser(
+        "list",
+        help="show the CA, the CRL and every identity",
+        epilog="example:\n  canvoy certs list --certs fleet --json",
+    )
     _dir(listing)
     listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=_list)
 
     check = actions.add_parser(
-        "check", help="exit 1 and list what has expired or expires soon (for monitoring)"
+        "check",
+        help="exit 1 and list what has expired or expires soon (for monitoring)",
+        epilog="example:\n  canvoy certs check --certs fleet --within 14 || mail -s 'renew' ops",
     )
     _dir(check)
     check.add_argument("--within", type=int, default=30, metavar="DAYS", help="default 30")
@@ -111,7 +150,13 @@ def _add_inspection(actions: Any) -> None:
 
 def _dir(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--certs", "--dir", dest="dir", type=Path, required=True, help="the PKI directory"
+        "--certs",
+        "--dir",
+        dest="certs",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the fleet PKI directory (--dir is the same option)",
     )
 
 
@@ -143,15 +188,15 @@ def _issued(ident: pki.Identity) -> str:
 
 
 def _init(args: argparse.Namespace) -> int:
-    path = pki.init_ca(args.dir, force=args.force, days=args.days)
-    print(f"fleet CA written to {path} (key in {pki.ca_key_path(args.dir)}, keep it safe)")
+    path = pki.init_ca(args.certs, force=args.force, days=args.days)
+    print(f"fleet CA written to {path} (key in {pki.ca_key_path(args.certs)}, keep it safe)")
     return 0
 
 
 def _issue(args: argparse.Namespace) -> int:
     name = _name(args.kind, args.name, "issue")
     ident = pki.issue(
-        args.dir,
+        args.certs,
         args.kind,
         name,
         hosts=args.host,
@@ -178,7 +223,7 @@ def _request(args: argparse.Namespace) -> int:
 
 def _sign(args: argparse.Namespace) -> int:
     ident = enrol.sign(
-        args.dir, args.csr, hosts=args.host, days=args.days, hours=args.hours, force=args.force
+        args.certs, args.csr, hosts=args.host, days=args.days, hours=args.hours, force=args.force
     )
     if args.output is not None:
         pki.write_public(args.output, ident.cert_path.read_bytes())
@@ -192,7 +237,7 @@ def _sign(args: argparse.Namespace) -> int:
 def _renew(args: argparse.Namespace) -> int:
     name = _name(args.kind, args.name, "renew")
     ident = enrol.renew(
-        args.dir, args.kind, name, new_key=args.new_key, days=args.days, hours=args.hours
+        args.certs, args.kind, name, new_key=args.new_key, days=args.days, hours=args.hours
     )
     key = f"new key {ident.key_path}" if args.new_key else "same key"
     print(f"renewed {_issued(ident)} ({key}); copy the certificate to where it is used")
@@ -200,19 +245,19 @@ def _renew(args: argparse.Namespace) -> int:
 
 
 def _revoke(args: argparse.Namespace) -> int:
-    ident = pki.revoke(args.dir, args.name, args.kind, previous=args.previous)
+    ident = pki.revoke(args.certs, args.name, args.kind, previous=args.previous)
     which = "the earlier certificates of" if args.previous else "every certificate of"
     print(
         f"revoked {which} {ident.kind} {ident.name}; CRL rewritten at "
-        f"{pki.crl_path(args.dir)}; copy it to the brokers and bridges and send the broker SIGHUP"
+        f"{pki.crl_path(args.certs)}; copy it to the brokers and bridges and send the broker SIGHUP"
     )
     return 0
 
 
 def _crl(args: argparse.Namespace) -> int:
-    crl = pki.resign_crl(args.dir, days=args.days)
+    crl = pki.resign_crl(args.certs, days=args.days)
     print(
-        f"CRL {pki.crl_path(args.dir)} re-signed ({len(list(crl))} revoked), next update "
+        f"CRL {pki.crl_path(args.certs)} re-signed ({len(list(crl))} revoked), next update "
         f"{crl.next_update_utc:%Y-%m-%d %H:%M} UTC; copy it to the brokers and bridges and "
         "send the broker SIGHUP"
     )
@@ -228,14 +273,14 @@ def _days_left(until: dt.datetime | None, now: dt.datetime) -> float | None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    _key, ca = pki.load_ca(args.dir)
-    crl = pki.load_crl(args.dir)
+    _key, ca = pki.load_ca(args.certs)
+    crl = pki.load_crl(args.certs)
     now = dt.datetime.now(dt.UTC)
-    idents = pki.identities(args.dir)
+    idents = pki.identities(args.certs)
     if args.json:
         doc = {
             "ca": {
-                "path": str(pki.ca_cert_path(args.dir)),
+                "path": str(pki.ca_cert_path(args.certs)),
                 "not_before": _iso(ca.not_valid_before_utc),
                 "not_after": _iso(ca.not_valid_after_utc),
                 "days_left": _days_left(ca.not_valid_after_utc, now),
@@ -243,7 +288,7 @@ def _list(args: argparse.Namespace) -> int:
             "crl": None
             if crl is None
             else {
-                "path": str(pki.crl_path(args.dir)),
+                "path": str(pki.crl_path(args.certs)),
                 "last_update": _iso(crl.last_update_utc),
                 "next_update": _iso(crl.next_update_utc),
                 "days_left": _days_left(crl.next_update_utc, now),
@@ -270,16 +315,16 @@ def _list(args: argparse.Namespace) -> int:
         return 0
     console = Console(width=160)
     console.print(
-        f"fleet CA {pki.ca_cert_path(args.dir)}: valid until "
+        f"fleet CA {pki.ca_cert_path(args.certs)}: valid until "
         f"{ca.not_valid_after_utc:%Y-%m-%d} ({_days_left(ca.not_valid_after_utc, now):.0f} days)"
     )
     if crl is None or crl.next_update_utc is None:
-        console.print(f"CRL {pki.crl_path(args.dir)}: none, or without a next update")
+        console.print(f"CRL {pki.crl_path(args.certs)}: none, or without a next update")
     else:
         left = _days_left(crl.next_update_utc, now)
         lapsed = " [bold red]LAPSED: re-sign with 'canvoy certs crl'[/]" if (left or 0) <= 0 else ""
         console.print(
-            f"CRL {pki.crl_path(args.dir)}: last update {crl.last_update_utc:%Y-%m-%d %H:%M}, "
+            f"CRL {pki.crl_path(args.certs)}: last update {crl.last_update_utc:%Y-%m-%d %H:%M}, "
             f"next update {crl.next_update_utc:%Y-%m-%d %H:%M} UTC ({left:.1f} days left), "
             f"{len(list(crl))} revoked{lapsed}"
         )
@@ -305,7 +350,7 @@ def _list(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     within = health.require_positive_days(args.within)
     now = dt.datetime.now(dt.UTC)
-    findings = health.check(args.dir, within, now)
+    findings = health.check(args.certs, within, now)
     if args.json:
         json.dump([f.as_json() for f in findings], sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -313,5 +358,5 @@ def _check(args: argparse.Namespace) -> int:
         for finding in findings:
             print(finding.line(now))
     else:
-        print(f"nothing in {args.dir} expires within {args.within} days")
+        print(f"nothing in {args.certs} expires within {args.within} days")
     return 1 if findings else 0

@@ -16,15 +16,17 @@ def add_parser(sub: Any) -> None:
         help="the databases and policies canvoy ships: list, copy",
         description="The demo vehicle's databases and collection policy ship inside canvoy. "
         "Copy them out to name them where a path is taken (--dbc, --policy) or to edit them.",
-        epilog="example: canvoy dbc copy -o . && canvoy decode --dbc demo_vehicle.dbc drive.blf",
+        epilog="example:\n  canvoy dbc copy -o . && canvoy decode --dbc demo_vehicle.dbc drive.blf",
     )
     dbc_sub = parser.add_subparsers(dest="dbc_command", required=True, metavar="ACTION")
-    listing = dbc_sub.add_parser("list", help="name the shipped files and scenarios")
+    listing = dbc_sub.add_parser(
+        "list", help="name the shipped files and scenarios", epilog="example:\n  canvoy dbc list"
+    )
     listing.set_defaults(func=_list)
     copy = dbc_sub.add_parser(
         "copy",
         help="write copies of shipped files into a folder",
-        epilog="example: canvoy dbc copy demo_vehicle.dbc -o mycar/",
+        epilog="example:\n  canvoy dbc copy demo_vehicle.dbc -o mycar/",
     )
     copy.add_argument("names", nargs="*", metavar="NAME", help="files to copy (default: all)")
     copy.add_argument("-o", "--output", type=Path, default=Path("."), help="folder (default: .)")

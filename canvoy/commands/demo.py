@@ -14,7 +14,11 @@ from canvoy.demo import run_demo
 def add_parser(sub: Any) -> None:
     """Register ``canvoy demo``."""
     parser = sub.add_parser(
-        "demo", help="run the whole chain locally: a fault becomes a service-desk event"
+        "demo",
+        help="run the whole chain locally: a fault becomes a service-desk event",
+        description="Starts a broker, a bridge and an agent on 127.0.0.1 and replays a recorded "
+        "overheat drive until its fault reaches a local service desk.",
+        epilog="example:\n  canvoy demo --workdir /tmp/canvoy-demo",
     )
     parser.add_argument(
         "--workdir",

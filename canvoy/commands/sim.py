@@ -11,7 +11,7 @@ from typing import Any
 import can
 
 from canvoy.certs import pki
-from canvoy.commands.agent import parse_broker
+from canvoy.commands.options import add_broker, add_certs, live_speed, parse_broker
 from canvoy.errors import ConfigError, PKIError, TransportError
 from canvoy.signals import stop_on_signals
 from canvoy.simulator.emit import DEMO_DBC, DEMO_HV_DBC, Drive, record, run_live
@@ -22,7 +22,13 @@ from canvoy.transport.mqtt import Connection
 
 def add_parser(sub: Any) -> None:
     """Register ``canvoy sim`` and its subcommands."""
-    parser = sub.add_parser("sim", help="simulate the demo vehicle or a fleet")
+    parser = sub.add_parser(
+        "sim",
+        help="simulate the demo vehicle or a fleet",
+        description="The demo vehicle on a CAN bus (run), into a log (record), or a fleet of "
+        "virtual devices publishing to a broker (fleet).",
+        epilog="example:\n  canvoy sim record --scenario overheat -o drive.blf",
+    )
     sim_sub = parser.add_subparsers(dest="sim_command", required=True, metavar="ACTION")
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -40,13 +46,23 @@ def add_parser(sub: Any) -> None:
             help=f"databases (default: {DEMO_DBC.name} and {DEMO_HV_DBC.name})",
         )
 
-    run = sim_sub.add_parser("run", help="send the drive onto a CAN bus at real time")
+    run = sim_sub.add_parser(
+        "run",
+        help="send the drive onto a CAN bus at real time",
+        epilog="examples:\n  canvoy sim run --scenario overheat --speed x10\n"
+        "  canvoy sim run --interface socketcan --channel vcan0 --transmit",
+    )
     common(run)
     run.add_argument("--interface", default="virtual", help="virtual, socketcan, ...")
     run.add_argument("--channel", default="canvoy-demo", help="e.g. vcan0 or can0")
     run.add_argument("--fd-channel", help="channel for the CAN FD bus (HV battery)")
     run.add_argument("--duration", type=float, help="seconds (default: one drive cycle)")
-    run.add_argument("--speed", type=float, default=1.0, help="time factor (2 = twice as fast)")
+    run.add_argument(
+        "--speed",
+        type=live_speed,
+        default=1.0,
+        help="pace: realtime or xN (x2: twice as fast; 2 means x2 too; default realtime)",
+    )
     run.add_argument(
         "--transmit",
         action="store_true",
@@ -54,7 +70,11 @@ def add_parser(sub: Any) -> None:
     )
     run.set_defaults(func=_run)
 
-    rec = sim_sub.add_parser("record", help="write the drive to a log file as fast as possible")
+    rec = sim_sub.add_parser(
+        "record",
+        help="write the drive to a log file as fast as possible",
+        epilog="example:\n  canvoy sim record --scenario battery_ageing --duration 600 -o d.asc",
+    )
     common(rec)
     rec.add_argument(
         "-o",
@@ -66,11 +86,17 @@ def add_parser(sub: Any) -> None:
     rec.add_argument("--duration", type=float, help="seconds (default: one drive cycle)")
     rec.set_defaults(func=_record)
 
-    fleet = sim_sub.add_parser("fleet", help="N vehicles publishing signed batches to a broker")
-    fleet.add_argument("--vehicles", type=int, required=True)
-    fleet.add_argument("--certs", type=Path, required=True, help="fleet PKI (devices are issued)")
-    fleet.add_argument("--broker", required=True, metavar="HOST:PORT")
-    fleet.add_argument("--duration", type=float, default=60.0)
+    fleet = sim_sub.add_parser(
+        "fleet",
+        help="N vehicles publishing signed batches to a broker",
+        epilog="example:\n  canvoy sim fleet --vehicles 50 --certs fleet --broker localhost",
+    )
+    fleet.add_argument("--vehicles", type=int, required=True, help="how many virtual devices")
+    add_certs(fleet, "the fleet PKI directory (missing devices are issued in it)")
+    add_broker(fleet)
+    fleet.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of publishing (default 60)"
+    )
     fleet.add_argument("--signals", type=int, default=20, help="signals per vehicle")
     fleet.add_argument("--prefix", default="sim", help="device ids are <prefix>-0001 ...")
     fleet.set_defaults(func=_fleet)
@@ -136,7 +162,7 @@ def _fleet(args: argparse.Namespace) -> int:
     host, port = parse_broker(args.broker)
     ca = pki.ca_cert_path(args.certs)
     if not ca.exists():
-        raise PKIError(f"no fleet CA in {args.certs}: run 'canvoy certs init --dir {args.certs}'")
+        raise PKIError(f"no fleet CA in {args.certs}: run 'canvoy certs init --certs {args.certs}'")
     stop = threading.Event()
     stop_on_signals(stop.set)
     vehicles: list[tuple[VirtualDevice, Connection]] = []

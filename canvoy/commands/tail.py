@@ -11,11 +11,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
+from canvoy.agent.database import load_databases
 from canvoy.bridge.records import Record, records
 from canvoy.bridge.verify import Verifier
 from canvoy.certs import pki
-from canvoy.commands.agent import parse_broker
+from canvoy.commands.options import add_broker, add_certs, parse_broker
+from canvoy.commands.values import resolutions, text
 from canvoy.errors import ConfigError, ConnectionLostError
 from canvoy.transport.mqtt import Connection, Message
 from canvoy.wire.errors import EnvelopeError
@@ -30,16 +33,43 @@ def add_parser(sub: Any) -> None:
         "tail",
         help="follow devices' messages live, verified against the fleet CA",
         description="Subscribes as an operator, verifies each envelope (certificate, signature, "
-        "body) and prints it. Keys are learned from the devices' retained birth messages.",
+        "body) and prints it. Keys are learned from the devices' retained birth messages. "
+        "Values are printed at their signal's resolution (the scale's decimals with --dbc, "
+        "else 15 significant digits); lines are not wrapped when the output is not a terminal.",
+        epilog="examples:\n"
+        "  canvoy tail --certs fleet --identity operator/ops --broker mq.example.com\n"
+        "  canvoy tail --certs fleet --identity operator/ops --device 'car-*' "
+        "--signal '*/INSTRUMENT/*' --dbc car.dbc\n"
+        "  canvoy tail --certs fleet --identity operator/ops --kind events --json | jq .",
     )
-    parser.add_argument("--certs", type=Path, required=True, help="fleet PKI directory")
-    parser.add_argument("--identity", required=True, metavar="operator/NAME")
-    parser.add_argument("--broker", default="localhost:8883", metavar="HOST:PORT")
-    parser.add_argument("--device", default="*", metavar="GLOB")
-    parser.add_argument("--kind", choices=("telemetry", "events", "status"))
-    parser.add_argument("--signal", metavar="GLOB", help="only these telemetry series")
+    add_certs(parser)
+    parser.add_argument(
+        "--identity",
+        required=True,
+        metavar="operator/NAME",
+        help="who follows ('canvoy certs issue operator NAME'); one identity per running tool",
+    )
+    add_broker(parser, default="localhost")
+    parser.add_argument(
+        "--device", default="*", metavar="GLOB", help="only these devices (default: all)"
+    )
+    parser.add_argument(
+        "--kind",
+        choices=("telemetry", "events", "status"),
+        help="only this kind of message (default: telemetry and events)",
+    )
+    parser.add_argument(
+        "--signal", metavar="GLOB", help="only these telemetry series (bus/message/signal)"
+    )
+    parser.add_argument(
+        "--dbc",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="databases whose scales give each value's decimals (repeatable)",
+    )
     parser.add_argument("--json", action="store_true", help="JSON Lines instead of a live view")
-    parser.add_argument("--count", type=int, help="exit after this many messages")
+    parser.add_argument("--count", type=int, metavar="N", help="exit after this many messages")
     parser.set_defaults(func=_run)
 
 
@@ -50,18 +80,37 @@ def _identity(args: argparse.Namespace) -> tuple[str, TlsFiles]:
     return name, pki.tls_files(args.certs, kind, name)
 
 
-def _show(console: Console, record: Record, signal_glob: str | None) -> None:
+def output_console() -> Console:
+    """The console for records: a terminal wraps at its width; a pipe or file gets whole lines
+    (a reader such as grep or a log file must see one record per line)."""
+    return Console(soft_wrap=not sys.stdout.isatty(), highlight=False)
+
+
+def series_places(key: str, places: dict[str, int | None]) -> int | None:
+    """The decimals of series ``bus/message/signal`` from ``MESSAGE.Signal`` resolutions."""
+    _bus, _, rest = key.partition("/")
+    return places.get(rest.replace("/", ".", 1))
+
+
+def show(
+    console: Console, record: Record, signal_glob: str | None, places: dict[str, int | None]
+) -> None:
+    """One readable line per telemetry series, event or status."""
     d = record.data
-    head = f"[bold]{record.device}[/] {record.kind} #{d['seq']}"
+    head = f"[bold]{escape(record.device)}[/] {record.kind} #{d['seq']}"
     if record.kind == "telemetry":
         for key, series in d["series"].items():
             if signal_glob and not fnmatch.fnmatchcase(key, signal_glob):
                 continue
-            console.print(f"{head} {key} = {series['v'][-1]}  ({len(series['v'])} samples)")
+            value = text(series["v"][-1], series_places(key, places))
+            console.print(f"{head} {escape(key)} = {escape(value)}  ({len(series['v'])} samples)")
     elif record.kind == "events":
-        console.print(f"{head} [red]{json.dumps(d['event'])}[/]")
+        console.print(f"{head} [red]{escape(json.dumps(d['event']))}[/]")
     else:
-        console.print(f"{head} {d['state']} agent {d['agent']} outbox {d['outbox']}")
+        console.print(
+            f"{head} {escape(str(d['state']))} agent {escape(str(d['agent']))} "
+            f"outbox {escape(str(d['outbox']))}"
+        )
 
 
 def _closed_reason(conn: Connection, identity: str) -> str:
@@ -103,8 +152,9 @@ def _run(args: argparse.Namespace) -> int:
     kinds = [args.kind] if args.kind else ["telemetry", "events"]
     topics = [(f"{PREFIX}/+/status", 1)] + [(f"{PREFIX}/+/{k}", 1) for k in kinds if k != "status"]
     conn.subscribe(topics)
-    console = Console(stderr=False)
-    err = Console(stderr=True)
+    places = resolutions(load_databases(args.dbc)) if args.dbc else {}
+    console = output_console()
+    err = Console(stderr=True, soft_wrap=True)
     err.print(f"following {', '.join(t for t, _q in topics)} on {host}:{port} (Ctrl-C to stop)")
     shown = 0
     try:
@@ -114,7 +164,7 @@ def _run(args: argparse.Namespace) -> int:
             try:
                 verified = verifier.check(msg.topic, bytes(msg.payload), admit=False)
             except EnvelopeError as exc:
-                err.print(f"[yellow]rejected[/] {msg.topic}: {exc.reason}: {exc}")
+                err.print(f"[yellow]rejected[/] {escape(f'{msg.topic}: {exc.reason}: {exc}')}")
                 continue
             if not fnmatch.fnmatchcase(device, args.device):
                 continue
@@ -125,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
                     sys.stdout.write(record.json() + "\n")
                     sys.stdout.flush()
                 else:
-                    _show(console, record, args.signal)
+                    show(console, record, args.signal, places)
             shown += 1
     except KeyboardInterrupt:
         pass

@@ -51,7 +51,7 @@ def test_decode_prints_every_complete_uds_response_of_the_log() -> None:
     assert (names.count("Battery"), names.count("Temperature")) == (120, 150)
     battery = next(r for r in rows if r["name"] == "Battery")
     # 0x7EC 10 3E 62 01 01 FF F7 E7 | 21 FF 64 ...: service 0x62, DID 0x0101, SoC 0x64 * 0.5
-    assert battery["id"] == 0x7EC
+    assert battery["id"] == "7EC"  # hexadecimal, as candump prints it
     assert battery["signals"] == {
         "service": 0x62,
         "response": 0x0101,

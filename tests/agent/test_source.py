@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import threading
 from pathlib import Path
 
 import can
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from canvoy.agent.source import BusSupervisor, ReplayStats, paced, parse_speed, read_log
 from canvoy.errors import DecodeError
@@ -68,16 +71,41 @@ def test_unknown_format_and_missing_file_are_clear_errors(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(
-    ("text", "want"), [("max", "max"), ("realtime", "realtime"), ("x10", 10.0)]
+    ("text", "want"),
+    [
+        ("max", "max"),
+        ("realtime", "realtime"),
+        ("x10", 10.0),
+        ("10", 10.0),  # the other spelling (sim run's before) means the same
+        ("2x", 2.0),
+        ("X0.5", 0.5),
+        (4, 4.0),  # speed: 4 in YAML
+    ],
 )
-def test_speeds(text: str, want: object) -> None:
+def test_speeds(text: str | float, want: object) -> None:
     assert parse_speed(text) == want
 
 
-@pytest.mark.parametrize("text", ["fast", "x0", "x-1", "10"])
+@pytest.mark.parametrize("text", ["fast", "x0", "x-1", "-3", "xinf", "nan", "x", "", "x10x"])
 def test_bad_speed_says_what_is_allowed(text: str) -> None:
     with pytest.raises(ValueError, match="use max, realtime or xN"):
         parse_speed(text)
+
+
+@given(st.text(max_size=12))
+def test_any_speed_text_is_a_pace_or_one_clear_error(text: str) -> None:
+    try:
+        speed = parse_speed(text)
+    except ValueError as exc:
+        assert "use max, realtime or xN" in str(exc)
+        return
+    assert speed in ("max", "realtime") or (isinstance(speed, float) and 0 < speed < math.inf)
+
+
+@given(st.floats(min_value=1e-3, max_value=1e6))
+def test_every_factor_reads_back_in_every_spelling(factor: float) -> None:
+    for text in (f"x{factor!r}", repr(factor), f"{factor!r}x"):
+        assert parse_speed(text) == factor
 
 
 def test_paced_replay_keeps_order_and_stops_when_asked() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -124,3 +125,59 @@ def test_sim_fleet_says_why_new_devices_are_refused(broker: RunningBroker) -> No
     assert "once its ACL is reloaded" in done.stdout
     assert "Not authorized" in done.stdout
     assert (Path(broker.certs) / "device" / "new-0001" / "cert.pem").exists()
+
+
+def test_tail_piped_prints_whole_lines_at_the_signals_resolution(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    """Piped (not a terminal): no wrapping at 80 columns, and no float noise."""
+    dbc = tmp_path / "long.dbc"
+    long_signal = "OdometerWithAVeryLongNameThatNoTerminalOf80ColumnsWouldHoldOnOneLine"
+    dbc.write_text(
+        'VERSION ""\n\nBS_:\n\nBU_: GW\n\nBO_ 512 INSTRUMENT: 8 GW\n'
+        f' SG_ {long_signal} : 0|32@1+ (0.1,0) [0|429496729.5] "km" GW\n\n'
+    )
+    car = VirtualDevice.from_pki(broker.certs, "car-1")
+    conn = broker.connect("device", "car-1")
+    conn.publish(car.topic("status"), car.birth(), retain=True).result(5)
+    key = f"body/INSTRUMENT/{long_signal}"
+    noisy = 421956 * 0.1  # 42195.600000000006, as raw * scale gives it
+    assert repr(noisy) == "42195.600000000006"
+    runs = {}
+    for name, extra in (("dbc", ["--dbc", str(dbc)]), ("plain", [])):
+        tail = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "canvoy",
+                "tail",
+                "--certs",
+                str(broker.certs),
+                "--identity",
+                "operator/ops",
+                "--broker",
+                f"127.0.0.1:{broker.port}",
+                "--count",
+                "1",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+            env={**os.environ, "COLUMNS": "80"},
+        )
+        try:
+            assert tail.stderr is not None
+            assert "following" in tail.stderr.readline()
+            conn.publish(car.topic("telemetry"), car.telemetry({key: [(1.0, noisy)]})).result(5)
+            out, _err = tail.communicate(timeout=30)
+        finally:
+            if tail.poll() is None:
+                tail.kill()
+        assert tail.returncode == 0
+        runs[name] = out.splitlines()
+    for lines in runs.values():
+        assert len(lines) == 1 and len(lines[0]) > 80  # one line, however long
+        assert f"{key} = 42195.6  (1 samples)" in lines[0]
+        assert "42195.600000000006" not in lines[0]

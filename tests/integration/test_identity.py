@@ -193,7 +193,7 @@ def test_tail_says_when_its_session_is_taken_over(broker: RunningBroker, tmp_pat
     try:
         wait_for(lambda: "following" in err.read_text(), timeout_s=20, what="tail to follow")
         broker.connect("operator", "ops")  # a second tool with the same identity
-        assert tail.wait(20) == 2
+        assert tail.wait(20) == 1  # a runtime failure, not a usage error
     finally:
         if tail.poll() is None:
             tail.kill()
