@@ -77,6 +77,7 @@ def _identity(args: argparse.Namespace) -> tuple[str, TlsFiles]:
     kind, _, name = args.identity.partition("/")
     if kind not in ("operator", "bridge") or not name:
         raise ConfigError(f"--identity {args.identity!r} must be operator/NAME")
+    pki.require_identity(args.certs, kind, name)  # PKIError: says what to issue
     return name, pki.tls_files(args.certs, kind, name)
 
 

@@ -44,7 +44,8 @@ def rounded(value: object, places: int | None = None) -> object:
         return value
     if places is not None:
         return round(value, places)
-    return float(f"{value:.{SIGNIFICANT}g}")
+    shown = float(f"{value:.{SIGNIFICANT}g}")
+    return shown if math.isfinite(shown) else value  # the largest doubles round up to inf
 
 
 def text(value: object, places: int | None = None) -> str:
