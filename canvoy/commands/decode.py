@@ -146,6 +146,11 @@ class _Writer:
 
 def _frames(log: str, replay: ReplayStats) -> Iterator[can.Message]:
     if log == STDIN:
+        if sys.stdin is None:  # started with standard input closed (<&-)
+            raise DecodeError(
+                "standard input is closed: pipe candump into it "
+                "(candump -L can0 | canvoy decode --dbc car.dbc -) or name a log file"
+            )
         if sys.stdin.isatty():
             print("reading candump text from standard input (Ctrl-D to end)", file=sys.stderr)
         if isinstance(sys.stdin, io.TextIOWrapper):

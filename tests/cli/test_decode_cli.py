@@ -228,3 +228,42 @@ def test_bad_lines_among_good_ones_are_counted_and_skipped() -> None:
         "ENGINE",
     ]
     assert "bad log lines 2" in done.stderr
+
+
+def test_closed_stdin_is_one_line_exit_2() -> None:
+    done = subprocess.run(
+        ["sh", "-c", f'"{sys.executable}" -m canvoy decode --dbc "{TEST_DBC}" - <&-'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("canvoy decode: error: standard input is closed: pipe candump")
+    assert done.stderr.count("\n") == 1
+
+
+def test_binary_noise_between_frames_is_counted_not_fatal() -> None:
+    noise = bytes(range(256)).decode("latin-1") * 20
+    done = _pipe(CANDUMP_LOG + noise + "\n" + CANDUMP_LOG, "--dbc", TEST_DBC, "-")
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 6
+    assert "bad log lines" in done.stderr and "bad log lines 0" not in done.stderr
+
+
+def test_output_cut_short_by_the_reader_is_not_an_error() -> None:
+    """`... | canvoy decode - | head -1`: the pipe closes early; no traceback, exit 0."""
+    done = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f'set -o pipefail; "{sys.executable}" -m canvoy decode --dbc "{TEST_DBC}" - | head -1',
+        ],
+        input=CANDUMP_LOG * 2000,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0 and len(done.stdout.splitlines()) == 1
+    assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr
