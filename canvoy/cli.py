@@ -95,25 +95,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``canvoy``; return the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    log_format = getattr(args, "log_format", "text")
     configure(
         level_for(
             getattr(args, "verbose", 0), getattr(args, "quiet", 0), getattr(args, "log_level", None)
         ),
-        getattr(args, "log_format", "text"),
+        log_format,
     )
     try:
         code: int = args.func(args)
     except CanvoyError as exc:
-        print(f"canvoy {args.command}: error: {exc}", file=sys.stderr)
+        _fail(f"canvoy {args.command}: error: {exc}", json_logs=log_format == "json")
         return exit_code(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except Exception as exc:  # a bug: one line for the user, the traceback at -vv
         logging.getLogger("canvoy").debug("unexpected error", exc_info=True)
-        print(
+        _fail(
             f"canvoy {args.command}: unexpected error: {type(exc).__name__}: {exc} "
             "(run with -vv for the traceback, and please report it)",
-            file=sys.stderr,
+            json_logs=log_format == "json",
         )
         return EXIT_FAILURE
     return code
+
+
+def _fail(line: str, *, json_logs: bool) -> None:
+    """The one line that says why canvoy stops: a JSON log record when the logs are JSON (a
+    collector reading stderr then sees only JSON), else plain text."""
+    if json_logs:
+        logging.getLogger("canvoy").error(line)
+    else:
+        print(line, file=sys.stderr)

@@ -239,3 +239,13 @@ def test_any_broker_text_is_an_address_or_one_config_error(text: str) -> None:
         assert "--broker" in str(exc)
         return
     assert host and 1 <= port <= 65535 and not any(c.isspace() for c in host)
+
+
+def test_with_json_logs_the_error_line_is_json_too() -> None:
+    done = _canvoy("decode", "--dbc", "missing.dbc", "x.log", "--log-format", "json")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    record = json.loads(lines[0])
+    assert record["level"] == "error" and record["logger"] == "canvoy"
+    assert record["message"].startswith("canvoy decode: error: database 'missing.dbc'")
