@@ -15,7 +15,7 @@ from typing import Any
 from canvoy import __version__
 from canvoy.commands import COMMANDS
 from canvoy.errors import CanvoyError, UsageError
-from canvoy.logs import LEVELS, configure, level_for
+from canvoy.logs import LEVELS, LogFormat, configure, level_for
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``canvoy``; return the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    log_format = getattr(args, "log_format", "text")
+    log_format: LogFormat = getattr(args, "log_format", "text")
     configure(
         level_for(
             getattr(args, "verbose", 0), getattr(args, "quiet", 0), getattr(args, "log_level", None)
