@@ -212,7 +212,7 @@ def _init(args: argparse.Namespace) -> int:
             "    fd: false\n"
             "    options: {}\n"
             f"    replay: {config_path(args.replay, out)}\n"
-            f"    speed: {speed:<21} # max, realtime or xN\n"
+            f"    speed: {speed:<18} # max, realtime or xN\n"
             f"    loop: {str(args.loop).lower()}\n"
         )
     else:
