@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from canvoy.commands.decode import patterns
 from canvoy.commands.values import decimals, rounded, text
 
 
@@ -66,3 +67,18 @@ def test_rounding_without_a_database_stays_close(value: float) -> None:
     shown = rounded(value)
     assert isinstance(shown, float)
     assert shown == pytest.approx(value, rel=1e-14, abs=0)
+
+
+globs = st.text(
+    alphabet=st.characters(blacklist_characters=",", blacklist_categories=["Zs", "Cc"]),
+    min_size=1,
+    max_size=12,
+)
+
+
+@given(st.lists(st.lists(globs, min_size=1, max_size=4), min_size=1, max_size=3))
+def test_signal_globs_comma_separated_or_repeated_read_back(groups: list[list[str]]) -> None:
+    """`--signals a,b --signals c` is the globs a, b and c, in order."""
+    flat = [g.strip() for group in groups for g in group if g.strip()]
+    assert patterns([",".join(group) for group in groups]) == flat
+    assert patterns([", ".join(group) + "," for group in groups]) == flat
