@@ -23,12 +23,14 @@ from canvoy.agent.diagnostics import DtcWatcher
 from canvoy.agent.episodes import EpisodeTracker
 from canvoy.agent.ingest import Ingest, OnOpen
 from canvoy.agent.j1939 import Dm1Watcher
+from canvoy.agent.metrics import AgentMetrics
 from canvoy.agent.obd import ObdPoller
 from canvoy.agent.outbox import Outbox
 from canvoy.agent.policy import load_policy
 from canvoy.agent.publish import Identity, Publisher
 from canvoy.agent.sealer import Sealer
 from canvoy.agent.triggers import TriggerWatcher
+from canvoy.metrics import MetricsServer, serve
 from canvoy.wire import body
 from canvoy.wire.envelope import Envelope, sign
 from canvoy.wire.events import AgentEvent
@@ -107,6 +109,7 @@ class Agent:
             birth=lambda: self._status("online"),
             will=lambda: self._status("offline"),
         )
+        self.metrics: MetricsServer | None = None
         self._stop = threading.Event()
         self.started = time.time()
         self.state = "starting"
@@ -168,6 +171,7 @@ class Agent:
 
     def run(self, *, exit_when_done: bool = False) -> int:
         """Run until stopped; return the exit code (0 after an orderly shutdown)."""
+        self.metrics = serve(self.config.metrics, AgentMetrics(self), "agent")
         self.sealer.start()
         self.publisher.start()
         self.ingest.start()
@@ -218,6 +222,8 @@ class Agent:
         self.publisher.stop(goodbye=self._status("offline"))
         self.state = "stopped"
         self.write_status()
+        if self.metrics is not None:
+            self.metrics.close()
         self.outbox.close()
 
     def snapshot(self) -> dict[str, Any]:
