@@ -23,7 +23,7 @@ from canvoy.agent.diagnostics import DtcWatcher
 from canvoy.agent.episodes import EpisodeTracker
 from canvoy.agent.ingest import Ingest, OnOpen
 from canvoy.agent.j1939 import Dm1Watcher
-from canvoy.agent.metrics import AgentMetrics
+from canvoy.agent.metrics import AgentMetrics, overdue_events
 from canvoy.agent.obd import ObdPoller
 from canvoy.agent.outbox import Outbox
 from canvoy.agent.policy import load_policy
@@ -107,7 +107,7 @@ class Agent:
             Identity(config.device, self.credentials),
             self.outbox,
             birth=lambda: self._status("online"),
-            will=lambda: self._status("offline"),
+            will=lambda: self._status("offline", lost=True),
         )
         self.metrics: MetricsServer | None = None
         self._stop = threading.Event()
@@ -142,7 +142,11 @@ class Agent:
 
         return start
 
-    def _status(self, state: body.State) -> bytes:
+    def _status(self, state: body.State, *, lost: bool = False) -> bytes:
+        now_ms = int(time.time() * 1000)
+        overdue = overdue_events(
+            self.outbox.status(), self.config.diagnostics.receipt_deadline_s, now_ms
+        )
         content = body.status_content(
             body.Status(
                 state=state,
@@ -150,6 +154,10 @@ class Agent:
                 policy=self.policy.hash,
                 cert_pem=self.credentials.cert_pem,
                 outbox_depth=self.outbox.depth(),
+                connected_ms=self.publisher.connected_ms,
+                heartbeat_s=self.config.mqtt.heartbeat_s,
+                overdue=overdue,
+                lost=lost,
             )
         )
         encoding, data = body.encode(content)
@@ -159,7 +167,7 @@ class Agent:
             boot=self.boot,
             seq=0,
             kind="status",
-            created_ms=int(time.time() * 1000),
+            created_ms=now_ms,
             encoding=encoding,
             body=data,
         )
