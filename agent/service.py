@@ -179,7 +179,23 @@ class Agent:
 
     def run(self, *, exit_when_done: bool = False) -> int:
         """Run until stopped; return the exit code (0 after an orderly shutdown)."""
-        self.metrics = serve(self.config.metrics, AgentMetrics(self), "agent")
+        c = self.config
+        sources = ", ".join(
+            f"{b.name} ({b.interface}:{b.channel})"
+            if b.replay is None
+            else f"{b.name} ({b.replay})"
+            for b in c.buses
+        )
+        log.info(
+            "agent %s (canvoy %s) starting: buses %s; outbox %s; broker %s:%d",
+            c.device,
+            __version__,
+            sources,
+            c.outbox.path,
+            c.mqtt.host,
+            c.mqtt.port,
+        )
+        self.metrics = serve(c.metrics, AgentMetrics(self), "agent")
         self.sealer.start()
         self.publisher.start()
         self.ingest.start()
@@ -229,6 +245,11 @@ class Agent:
             )
         self.publisher.stop(goodbye=self._status("offline"))
         self.state = "stopped"
+        log.info(
+            "agent %s stopped; %d envelope(s) left in the outbox",
+            self.config.device,
+            self.outbox.depth(),
+        )
         self.write_status()
         if self.metrics is not None:
             self.metrics.close()

@@ -62,6 +62,7 @@ mqtt:
   max_bytes_per_s: 524288
   reconnect_min_s: 1.0
   reconnect_max_s: 60.0
+  heartbeat_s: 60           # the retained online status again this often (canvoy fleet status)
 
 # Diagnostics from decoded signals (docs/CONFIG.md): DTCs broadcast in a DBC message, and
 # threshold triggers with a hold time and a freeze frame. J1939 buses also report DM1 codes.
@@ -75,6 +76,12 @@ diagnostics:
   #   freeze_frame: [CoolantTemp, EngineSpeed, VehicleSpeed, CoolantFanDuty]
   #   before_s: 10
   #   after_s: 5
+
+# Prometheus metrics at http://127.0.0.1:9731/metrics (docs/OPERATIONS.md); off unless enabled.
+metrics:
+  enabled: false
+  host: 127.0.0.1
+  port: 9731
 
 # On SIGTERM: how long to wait for acknowledgements of what is still in flight.
 shutdown_timeout_s: 10.0

@@ -46,6 +46,12 @@ quarantine: {quarantine}
 status_file: null
 receipts: true              # publish delivery receipts for events to canvoy/v1/<device>/receipts
 
+# Prometheus metrics at http://127.0.0.1:9732/metrics (docs/OPERATIONS.md); off unless enabled.
+metrics:
+  enabled: false
+  host: 127.0.0.1
+  port: 9732
+
 sinks:
 {sinks}
 routes:
