@@ -27,6 +27,7 @@ from canvoy.agent.metrics import AgentMetrics, overdue_events
 from canvoy.agent.obd import ObdPoller
 from canvoy.agent.outbox import Outbox
 from canvoy.agent.policy import load_policy
+from canvoy.agent.progress import ReplayProgress
 from canvoy.agent.publish import Identity, Publisher
 from canvoy.agent.sealer import Sealer
 from canvoy.agent.triggers import TriggerWatcher
@@ -110,6 +111,7 @@ class Agent:
             will=lambda: self._status("offline", lost=True),
         )
         self.metrics: MetricsServer | None = None
+        self.progress = ReplayProgress(self.ingest.channels)
         self._stop = threading.Event()
         self.started = time.time()
         self.state = "starting"
@@ -199,6 +201,7 @@ class Agent:
         self.sealer.start()
         self.publisher.start()
         self.ingest.start()
+        self.progress.start()
         self.state = "running"
         next_status = 0.0
         try:
@@ -281,6 +284,7 @@ class Agent:
             "state": self.state,
             "connected": self.publisher.connected,
             "buses": channels,
+            "replays": self.progress.snapshot(),
             "batches": asdict(self.batcher.stats),
             "episodes": {
                 "open": self.episodes.open_count,
