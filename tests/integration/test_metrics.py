@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,12 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from canvoy import __version__
 from canvoy.certs import pki
-from tests.agentkit import agent_config, drive_log, start_agent, stop
+from tests.agentkit import REPO, agent_config, drive_log, start_agent, stop
 from tests.bridgekit import bridge_config, bridge_ready, start_bridge
 from tests.conftest import RunningBroker, free_port
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
+DASHBOARD = REPO / "deploy" / "grafana.json"
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -140,6 +142,10 @@ def test_agent_and_bridge_metrics_rise(broker: RunningBroker, tmp_path: Path) ->
         assert value(after, "canvoy_bridge_messages_received_total") > value(
             before, "canvoy_bridge_messages_received_total"
         )
+        # The dashboard asks only for series the two endpoints expose.
+        exposed = {name for name, _labels in [*now, *after]}
+        wanted = set(re.findall(r"canvoy_[a-z_]+", DASHBOARD.read_text()))
+        assert wanted and wanted <= exposed, sorted(wanted - exposed)
     finally:
         assert stop(agent) == 0
         assert stop(bridge) == 0
