@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -125,10 +126,15 @@ def _table(states: list[DeviceState], rejected: int) -> Table:
     now = int(time.time() * 1000)
     online = sum(1 for s in states if s.online)
     table = Table(
+        box=box.HEAVY_HEAD if sys.stdout.isatty() else box.SIMPLE,
         title=f"{len(states)} device(s), {online} online",
+        title_justify="left",
         caption=f"{rejected} status message(s) failed verification" if rejected else None,
     )
-    for column in ("device", "state", "since", "last seen", "agent", "policy"):
+    widest = max((len(s.device) for s in states), default=6)
+    table.add_column("device", no_wrap=True, min_width=widest)
+    table.add_column("state", no_wrap=True, min_width=len("offline (connection lost)"))
+    for column in ("since", "last seen", "agent", "policy"):
         table.add_column(column, no_wrap=True)
     table.add_column("outbox", justify="right")
     table.add_column("overdue", justify="right")
@@ -165,7 +171,8 @@ def _status(args: argparse.Namespace) -> int:
     crl = pki.crl_path(args.certs)
     fleet = FleetWatch(client_id=name, tls=tls, crl=crl if crl.exists() else None)
     fleet.connect(host, port)
-    console = Console()
+    # Piped, the table keeps its natural width (no wrapping, no cut names) and plain lines.
+    console = Console() if sys.stdout.isatty() else Console(width=1000, no_color=True)
     try:
         fleet.settle(QUIET_S)
         if not args.watch:
