@@ -19,8 +19,10 @@ pytestmark = pytest.mark.integration
 
 def fleet(certs: Path, broker: str, *more: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "canvoy", "fleet", "status", "--certs", str(certs)]
-        + ["--broker", broker, *more],
+        [
+            *(sys.executable, "-m", "canvoy", "fleet", "status"),
+            *("--certs", str(certs), "--broker", broker, *more),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
