@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from canvoy.bridge.verify import Parsed, check_envelope
+from canvoy.bridge.verify import MAX_FUTURE_MS, Parsed, check_envelope
 from canvoy.errors import ConnectionLostError
 from canvoy.transport.mqtt import Connection, Message
 from canvoy.wire import body
@@ -199,6 +199,13 @@ class FleetWatch:
         status = verified.parsed
         assert isinstance(status, body.Status)
         e = verified.signed.envelope
+        if e.created_ms > at_ms + MAX_FUTURE_MS:
+            # As for a bridge: a status dated far ahead would keep a dead device "online".
+            self.rejected.append(
+                f"{msg.topic}: malformed: status dated {(e.created_ms - at_ms) // 1000} s ahead "
+                "of this clock"
+            )
+            return
         self.sightings[e.device] = Sighting(
             device=e.device,
             status=status,

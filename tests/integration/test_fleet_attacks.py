@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
+import msgpack
 import pytest
 
 from canvoy.simulator.fleet import VirtualDevice
 from canvoy.wire import body
+from canvoy.wire.envelope import Envelope, sign
 from tests.agentkit import REPO
 from tests.conftest import RunningBroker, free_port
 
@@ -58,6 +62,20 @@ def test_forged_and_broken_statuses_are_reported_not_listed(broker: RunningBroke
     rejected = doc["rejected"]
     assert isinstance(rejected, list) and len(rejected) == 1
     assert "canvoy/v1/car-2/status: identity_mismatch" in rejected[0]
+
+    ahead = Envelope(
+        device="car-2",
+        boot=car2.boot,
+        seq=0,
+        kind="status",
+        created_ms=int(time.time() * 1000) + 3 * 86_400_000,
+        encoding="none",
+        body=bytes(msgpack.packb(body.status_content(replace(impostor, cert_pem=car2.cert_pem)))),
+    )
+    retain(broker, "car-2", sign(ahead, car2.key))  # "online" for ever, were it believed
+    doc = document(broker)
+    assert "'device': 'car-2'" not in str(doc["devices"])
+    assert "ahead of this clock" in str(doc["rejected"])
 
     retain(broker, "car-2", b"\x00garbage")
     assert "malformed" in str(document(broker)["rejected"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -150,3 +151,43 @@ def test_agent_and_bridge_metrics_rise(broker: RunningBroker, tmp_path: Path) ->
         assert stop(agent) == 0
         assert stop(bridge) == 0
     assert try_scrape(agent_port) is None  # the port is released at shutdown
+
+
+def test_after_sigkill_a_restarted_agent_takes_its_port_again(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    """As under systemd's Restart=always: killed with a scrape open, started again on the same
+    port (no "address in use" from the killed process's socket)."""
+    port = free_port()
+    config = agent_config(
+        tmp_path / "agent.yaml",
+        broker,
+        replay=drive_log(tmp_path / "drive.log", 5.0),
+        speed="realtime",
+        loop=True,
+        extra=f"metrics: {{enabled: true, port: {port}}}\n",
+    )
+    first = start_agent(config, tmp_path / "agent.log")
+    try:
+        wait_for(
+            lambda: (
+                (s := try_scrape(port)) is not None
+                and value(s, "canvoy_agent_envelopes_acknowledged_total") > 0
+            ),
+            30,
+            "acknowledgements counted",
+        )
+        with httpx.stream("GET", f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            first.send_signal(signal.SIGKILL)  # while a scrape is open
+            first.wait(10)
+            assert response.status_code == 200
+    finally:
+        if first.poll() is None:
+            first.kill()
+    second = start_agent(config, tmp_path / "agent.log")
+    try:
+        wait_for(lambda: try_scrape(port) is not None, 30, "the port taken again")
+        s = scrape(port)
+        assert value(s, "canvoy_agent_connects_total") <= 1  # a new process: counters anew
+    finally:
+        assert stop(second) == 0
