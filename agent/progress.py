@@ -1,8 +1,10 @@
 """How far each log replay has got: frames read of the log's total, and whether it has ended.
 
-The total is counted once, on a low-key thread of its own that reads the log a second time, so
-that the replay itself starts at once and its loop carries no extra work; until the count is
-done (or when it fails) the total is unknown and only the frames read are shown.
+The total is counted once, on a thread of its own, so that the replay starts at once and its
+loop carries no extra work. A candump log is counted by its lines (fast). Another format is
+read a second time only when the replay is paced (realtime or xN, mostly asleep): at full speed
+a second reader would take a quarter of the replay's time (docs/PERFORMANCE.md), so there the
+total stays unknown and only the frames read are shown.
 """
 
 from __future__ import annotations
@@ -16,6 +18,19 @@ from canvoy.agent.ingest import Channel
 from canvoy.agent.source import ReplayStats, read_log
 
 log = logging.getLogger(__name__)
+
+
+def _count(path: Path, *, paced: bool) -> int | None:
+    """Frames in the log at ``path`` (None: not counted, see the module's docstring)."""
+    if path.suffix.lower() == ".log":  # candump -l: one frame per line
+        with path.open("rb") as f:
+            return sum(1 for line in f if line.strip())
+    if not paced:
+        return None
+    stats = ReplayStats()
+    for _msg in read_log(path, stats):
+        pass
+    return stats.frames
 
 
 class ReplayProgress:
@@ -36,13 +51,12 @@ class ReplayProgress:
             path = channel.config.replay
             assert path is not None
             try:
-                stats = ReplayStats()
-                for _msg in read_log(Path(path), stats):
-                    pass
+                total = _count(Path(path), paced=channel.config.speed != "max")
             except Exception as exc:  # the count is a nicety: the replay reports its own errors
                 log.debug("bus %s: frames of %s not counted: %s", channel.config.name, path, exc)
                 continue
-            self.totals[channel.config.name] = stats.frames
+            if total is not None:
+                self.totals[channel.config.name] = total
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Per replayed bus: ``frames`` read, ``total`` (None: not counted yet), ``percent``
