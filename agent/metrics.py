@@ -10,6 +10,7 @@ the others count from the start of the process. Both are counters: ``rate()`` ha
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from canvoy.agent.service import Agent
 
 PREFIX = "canvoy_agent"
+log = logging.getLogger(__name__)
 
 
 def read_outbox(path: str) -> OutboxStatus:
@@ -94,7 +96,10 @@ class AgentMetrics:
         yield info
         yield from self._buses()
         yield from self._pipeline()
-        yield from self._outbox()
+        try:
+            yield from list(self._outbox())
+        except sqlite3.Error as exc:  # the file is busy or gone: this scrape goes without it
+            log.debug("outbox figures not read for metrics: %s", exc)
         yield from self._link()
 
     def _buses(self) -> Iterator[Metric]:

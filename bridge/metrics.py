@@ -8,6 +8,8 @@ SQLite connection of its own. Every totals series is there from the first scrape
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from canvoy.bridge.service import Bridge
 
 PREFIX = "canvoy_bridge"
+log = logging.getLogger(__name__)
 # The quarantine reasons of docs/PROTOCOL.md, "Verification by a bridge".
 REASONS = (
     "oversize",
@@ -109,7 +112,13 @@ class BridgeMetrics:
 
     def _sinks(self, stats: dict[str, int]) -> Iterator[Metric]:
         bridge = self._bridge
-        spool, dead = read_depths(bridge.state.path)
+        depths: tuple[dict[str, int], dict[str, int]] | None
+        try:
+            depths = read_depths(bridge.state.path)
+        except sqlite3.Error as exc:  # busy or gone: this scrape goes without the depths
+            log.debug("spool depths not read for metrics: %s", exc)
+            depths = None
+        spool, dead = depths or ({}, {})
         families = {
             "forwarded": CounterMetricFamily(
                 f"{PREFIX}_records_forwarded_total", "Records a sink accepted", labels=["sink"]
@@ -159,4 +168,6 @@ class BridgeMetrics:
             latency.add_metric([name], count_value=q.deliveries, sum_value=q.latency_sum_s)
             last.add_metric([name], q.latency_s)
         yield from families.values()
-        yield from (queued, dead_now, down, latency, last)
+        if depths is not None:
+            yield from (queued, dead_now)
+        yield from (down, latency, last)

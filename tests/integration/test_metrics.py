@@ -191,3 +191,36 @@ def test_after_sigkill_a_restarted_agent_takes_its_port_again(
         assert value(s, "canvoy_agent_connects_total") <= 1  # a new process: counters anew
     finally:
         assert stop(second) == 0
+
+
+def test_an_outbox_that_cannot_be_read_costs_only_its_own_series(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    """Someone removes the outbox file under a running agent: scrapes still answer."""
+    port = free_port()
+    outbox = tmp_path / "outbox.sqlite"
+    config = agent_config(
+        tmp_path / "agent.yaml",
+        broker,
+        replay=drive_log(tmp_path / "drive.log", 5.0),
+        speed="realtime",
+        loop=True,
+        outbox=outbox,
+        extra=f"metrics: {{enabled: true, port: {port}}}\n",
+    )
+    agent = start_agent(config, tmp_path / "agent.log")
+    try:
+        wait_for(lambda: try_scrape(port) is not None, 30, "/metrics answers")
+        assert ("canvoy_agent_outbox_envelopes", ()) in scrape(port)
+        for part in tmp_path.glob("outbox.sqlite*"):
+            part.unlink()
+        s = scrape(port)
+        assert ("canvoy_agent_outbox_envelopes", ()) not in s
+        first = value(s, "canvoy_agent_frames_total", bus="pt")
+        wait_for(
+            lambda: value(scrape(port), "canvoy_agent_frames_total", bus="pt") > first,
+            30,
+            "ingest going on",
+        )
+    finally:
+        assert stop(agent) == 0
