@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +121,44 @@ def test_a_frozen_agent_is_offline_by_heartbeat_age(broker: RunningBroker, tmp_p
     finally:
         car1.send_signal(signal.SIGCONT)
         assert stop(car1) == 0
+
+
+def test_watch_dates_a_will_it_sees_arrive(broker: RunningBroker, tmp_path: Path) -> None:
+    car1 = start(broker, tmp_path, "car-1")
+    watch = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "canvoy", "fleet", "status", "--certs", str(broker.certs)),
+            *("--identity", "operator/ops", "--broker", f"127.0.0.1:{broker.port}"),
+            *("--json", "--watch", "--interval", "0.3"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert watch.stdout is not None
+    try:
+
+        def next_car1() -> dict[str, Any]:
+            while True:
+                line = watch.stdout.readline()  # type: ignore[union-attr]
+                assert line, watch.stderr.read() if watch.stderr else "watch ended"
+                devices = {d["device"]: d for d in json.loads(line)["devices"]}
+                if "car-1" in devices:
+                    car: dict[str, Any] = devices["car-1"]
+                    return car
+
+        while next_car1()["state"] != "online":
+            pass
+        car1.send_signal(signal.SIGKILL)
+        car1.wait(10)
+        killed_at_ms = time.time() * 1000
+        while (seen := next_car1())["state"] != "offline":
+            pass
+        assert seen["cause"] == "lost"
+        assert abs(seen["since_ms"] - killed_at_ms) < 5000  # when the will arrived
+    finally:
+        watch.send_signal(signal.SIGINT)
+        assert watch.wait(10) == 0
+        if car1.poll() is None:
+            stop(car1)
