@@ -18,6 +18,7 @@ from canvoy.agent.outbox import OutboxConfig
 from canvoy.agent.publish import MqttConfig
 from canvoy.config import build, read_yaml
 from canvoy.errors import ConfigError
+from canvoy.metrics import MetricsConfig
 from canvoy.wire.ids import check_id
 from canvoy.wire.tls import TlsFiles
 
@@ -34,6 +35,7 @@ class AgentConfig:
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shutdown_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:

@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -186,6 +187,7 @@ class Outbox:
         self._warned_at = -EVICTION_WARNING_S
         self._evicted_since_warning = 0
         self.moved_aside: Path | None = None
+        self.sealed: Counter[str] = Counter()  # envelopes committed by this process, by kind
         path = config.path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -278,6 +280,7 @@ class Outbox:
                     if not self._evict_for(len(data) * 2 ** (attempt + 1)):
                         break
                 else:
+                    self.sealed[kind] += 1
                     for event in self.listeners:
                         event.set()
                     return seq

@@ -8,6 +8,7 @@ the outbox and are sent again, with identical bytes, on the next connection.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import socket
@@ -55,6 +56,7 @@ class MqttConfig:
     reconnect_max_s: float = 60.0
     stall_timeout_s: float = 5.0  # publishes in flight and no PUBACK for this long: link dead
     probe_interval_s: float = 0.5  # while backing off from an unreachable broker
+    heartbeat_s: int = 60  # the retained online status again this often (0: only at connect)
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.stall_timeout_s <= 600:
@@ -64,6 +66,10 @@ class MqttConfig:
         if not 0.1 <= self.probe_interval_s <= 60:
             raise ConfigError(
                 f"must be 0.1..60, got {self.probe_interval_s}", key="probe_interval_s"
+            )
+        if not (self.heartbeat_s == 0 or 1 <= self.heartbeat_s <= 86400):
+            raise ConfigError(
+                f"must be 0 (off) or 1..86400 seconds, got {self.heartbeat_s}", key="heartbeat_s"
             )
         if not 1 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is not 1..65535")
@@ -168,6 +174,21 @@ class LinkWatch:
 
 
 SUSPEND_S = 2.0
+EXPIRY_WARNING_DAYS = 30
+
+
+def _note_expiry(path: str, not_after: dt.datetime) -> None:
+    """At each connection: say when the certificate expires soon, and what renews it."""
+    left = not_after - dt.datetime.now(dt.UTC)
+    if left > dt.timedelta(days=EXPIRY_WARNING_DAYS):
+        return
+    log.warning(
+        "certificate %s expires in %.1f days (%s UTC): renew it with 'canvoy certs renew' on "
+        "the CA host and copy it over; the agent picks it up without a restart",
+        path,
+        left.total_seconds() / 86400,
+        f"{not_after:%Y-%m-%d %H:%M}",
+    )
 
 
 def _suspend_offset() -> float:
@@ -203,6 +224,8 @@ class Publisher:
         self._wake = threading.Event()
         outbox.listeners.append(self._wake)
         self._conn: Connection | None = None
+        self.connected_ms: int | None = None  # when the current (or last) connection began
+        self._next_heartbeat_s = 0.0
         self._inflight: dict[int, tuple[Row, Future[None]]] = {}
         self._progress_s = 0.0  # when a PUBACK last arrived, or the window last opened
         self._link = LinkWatch(config.host, config.port, config.probe_interval_s)
@@ -330,7 +353,10 @@ class Publisher:
         device = self.identity.device
         status_topic = topic(device, "status")
         # Checked again at every attempt: the certificate may have expired since the last one.
-        tls = self.identity.credentials.load().context
+        loaded = self.identity.credentials.load()
+        tls = loaded.context
+        # The birth, its heartbeats and the will all carry the time this connection began.
+        self.connected_ms = int(time.time() * 1000)
         conn = Connection(
             client_id=device,
             tls=tls,
@@ -352,16 +378,29 @@ class Publisher:
         self.stats.connects += 1
         self.stats.last_error = ""
         self._window = max(1, min(self.config.max_inflight, connack.receive_maximum))
-        conn.subscribe([(topic(device, "receipts"), 1)])
+        receipts = topic(device, "receipts")
+        conn.subscribe([(receipts, 1)])
         conn.publish(status_topic, self._birth(), retain=True)
+        self._next_heartbeat_s = self._clock() + self.config.heartbeat_s
         log.info(
-            "connected to %s:%d as %s (window %d)",
+            "connected to %s:%d as %s (session %s, window %d); subscribed to %s",
             self.config.host,
             self.config.port,
             device,
+            "resumed" if connack.session_present else "new",
             self._window,
+            receipts,
         )
+        _note_expiry(str(self.identity.credentials.files.cert), loaded.not_after)
         return conn
+
+    def _heartbeat(self, conn: Connection) -> None:
+        """Publish the retained online status again when due: its age tells a fleet view that
+        this device is alive even while the broker has not yet noticed a dead link."""
+        if not self.config.heartbeat_s or self._clock() < self._next_heartbeat_s:
+            return
+        self._next_heartbeat_s = self._clock() + self.config.heartbeat_s
+        conn.publish(topic(self.identity.device, "status"), self._birth(), retain=True)
 
     def _on_receipt(self, msg: Message) -> None:
         """A bridge confirms events as durably forwarded (only bridges may publish here)."""
@@ -383,6 +422,7 @@ class Publisher:
                     raise ConnectionLostError(conn.closed.result())
                 return
             self._check_link()
+            self._heartbeat(conn)
             room = self._window - len(self._inflight)
             rows = self.outbox.pending(room, self._inflight) if room > 0 else []
             for row in rows:

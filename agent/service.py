@@ -23,12 +23,15 @@ from canvoy.agent.diagnostics import DtcWatcher
 from canvoy.agent.episodes import EpisodeTracker
 from canvoy.agent.ingest import Ingest, OnOpen
 from canvoy.agent.j1939 import Dm1Watcher
+from canvoy.agent.metrics import AgentMetrics, overdue_events
 from canvoy.agent.obd import ObdPoller
 from canvoy.agent.outbox import Outbox
 from canvoy.agent.policy import load_policy
+from canvoy.agent.progress import ReplayProgress
 from canvoy.agent.publish import Identity, Publisher
 from canvoy.agent.sealer import Sealer
 from canvoy.agent.triggers import TriggerWatcher
+from canvoy.metrics import MetricsServer, serve
 from canvoy.wire import body
 from canvoy.wire.envelope import Envelope, sign
 from canvoy.wire.events import AgentEvent
@@ -105,8 +108,10 @@ class Agent:
             Identity(config.device, self.credentials),
             self.outbox,
             birth=lambda: self._status("online"),
-            will=lambda: self._status("offline"),
+            will=lambda: self._status("offline", lost=True),
         )
+        self.metrics: MetricsServer | None = None
+        self.progress = ReplayProgress(self.ingest.channels)
         self._stop = threading.Event()
         self.started = time.time()
         self.state = "starting"
@@ -139,7 +144,11 @@ class Agent:
 
         return start
 
-    def _status(self, state: body.State) -> bytes:
+    def _status(self, state: body.State, *, lost: bool = False) -> bytes:
+        now_ms = int(time.time() * 1000)
+        overdue = overdue_events(
+            self.outbox.status(), self.config.diagnostics.receipt_deadline_s, now_ms
+        )
         content = body.status_content(
             body.Status(
                 state=state,
@@ -147,6 +156,10 @@ class Agent:
                 policy=self.policy.hash,
                 cert_pem=self.credentials.cert_pem,
                 outbox_depth=self.outbox.depth(),
+                connected_ms=self.publisher.connected_ms,
+                heartbeat_s=self.config.mqtt.heartbeat_s,
+                overdue=overdue,
+                lost=lost,
             )
         )
         encoding, data = body.encode(content)
@@ -156,7 +169,7 @@ class Agent:
             boot=self.boot,
             seq=0,
             kind="status",
-            created_ms=int(time.time() * 1000),
+            created_ms=now_ms,
             encoding=encoding,
             body=data,
         )
@@ -168,9 +181,27 @@ class Agent:
 
     def run(self, *, exit_when_done: bool = False) -> int:
         """Run until stopped; return the exit code (0 after an orderly shutdown)."""
+        c = self.config
+        sources = ", ".join(
+            f"{b.name} ({b.interface}:{b.channel})"
+            if b.replay is None
+            else f"{b.name} ({b.replay})"
+            for b in c.buses
+        )
+        log.info(
+            "agent %s (canvoy %s) starting: buses %s; outbox %s; broker %s:%d",
+            c.device,
+            __version__,
+            sources,
+            c.outbox.path,
+            c.mqtt.host,
+            c.mqtt.port,
+        )
+        self.metrics = serve(c.metrics, AgentMetrics(self), "agent")
         self.sealer.start()
         self.publisher.start()
         self.ingest.start()
+        self.progress.start()
         self.state = "running"
         next_status = 0.0
         try:
@@ -217,7 +248,14 @@ class Agent:
             )
         self.publisher.stop(goodbye=self._status("offline"))
         self.state = "stopped"
+        log.info(
+            "agent %s stopped; %d envelope(s) left in the outbox",
+            self.config.device,
+            self.outbox.depth(),
+        )
         self.write_status()
+        if self.metrics is not None:
+            self.metrics.close()
         self.outbox.close()
 
     def snapshot(self) -> dict[str, Any]:
@@ -246,6 +284,7 @@ class Agent:
             "state": self.state,
             "connected": self.publisher.connected,
             "buses": channels,
+            "replays": self.progress.snapshot(),
             "batches": asdict(self.batcher.stats),
             "episodes": {
                 "open": self.episodes.open_count,

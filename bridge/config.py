@@ -10,6 +10,7 @@ from typing import Any
 from canvoy.bridge.tickets import ServiceRule
 from canvoy.config import build, read_yaml
 from canvoy.errors import ConfigError
+from canvoy.metrics import BridgeMetricsConfig
 from canvoy.wire.ids import check_id
 from canvoy.wire.tls import TlsFiles
 
@@ -56,6 +57,7 @@ class BridgeConfig:
     routes: dict[str, tuple[str, ...]] = field(default_factory=dict)
     service_rules: tuple[ServiceRule, ...] = ()
     receipts: bool = True
+    metrics: BridgeMetricsConfig = field(default_factory=BridgeMetricsConfig)
 
     def __post_init__(self) -> None:
         check_id(self.name)

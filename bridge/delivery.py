@@ -74,6 +74,8 @@ class SinkQueue:
         self._on_settled = on_settled
         self._wake = threading.Event()
         self.latency_s = 0.0  # of the last delivery
+        self.deliveries = 0  # accepted deliveries, and their seconds in all (a summary)
+        self.latency_sum_s = 0.0
         self.down_since: float | None = None
         self._thread = threading.Thread(target=self._run, name=f"sink-{sink.name}", daemon=True)
 
@@ -180,6 +182,8 @@ class SinkQueue:
                 self._stats[f"sink_internal_{self.sink.name}"] += 1
                 return RecordRefusedError(f"internal: {type(exc).__name__}: {exc}")
             self.latency_s = time.monotonic() - started
+            self.latency_sum_s += self.latency_s
+            self.deliveries += 1
             if self.down_since is not None:
                 log.info(
                     "sink %s: delivering again after %.0f s",

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from canvoy.bridge.config import BridgeConfig
 from canvoy.bridge.delivery import SinkQueue, retry
+from canvoy.bridge.metrics import BridgeMetrics
 from canvoy.bridge.pipeline import Batch, Pipeline, Received, receipt_payload
 from canvoy.bridge.quarantine import Quarantine
 from canvoy.bridge.sinks.base import Sink, SinkContext, build_sink
@@ -43,6 +44,7 @@ from canvoy.errors import (
     StoreError,
     TransportError,
 )
+from canvoy.metrics import MetricsServer, serve
 from canvoy.transport.backoff import StoppedError
 from canvoy.transport.mqtt import Connection, Message
 from canvoy.wire.errors import EnvelopeError
@@ -118,7 +120,17 @@ class Bridge:
         self._report_now = threading.Event()  # set by the mqtt thread; the main thread reports
         self._conn: Connection | None = None
         self._connected = threading.Event()
+        self.metrics: MetricsServer | None = None
         self._keeper = threading.Thread(target=self._keep_connected, name="mqtt", daemon=True)
+
+    @property
+    def connected(self) -> bool:
+        """True while the connection to the broker is up."""
+        return self._connected.is_set()
+
+    def queue_depth(self) -> int:
+        """Messages received and not yet taken by the main loop."""
+        return self._queue.qsize()
 
     # -- connection --------------------------------------------------------------------------
 
@@ -194,6 +206,7 @@ class Bridge:
 
     def run(self, *, until: Callable[[], bool] | None = None) -> int:
         """Run until ``stop`` (or until ``until()`` is true); return the exit code."""
+        self.metrics = serve(self.config.metrics, BridgeMetrics(self), "bridge")
         for q in self.queues.values():
             q.start()
         self._keeper.start()
@@ -237,6 +250,8 @@ class Bridge:
         if self.pool is not None:
             self.pool.close()
         self._report()
+        if self.metrics is not None:
+            self.metrics.close()
         self.state.close()
 
     def _take(self) -> list[Received]:

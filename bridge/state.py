@@ -71,6 +71,24 @@ def _connect(path: Path) -> sqlite3.Connection:
     return db
 
 
+def _per_sink(db: sqlite3.Connection, table: str) -> dict[str, int]:
+    return dict(db.execute(f"SELECT sink, count(*) FROM {table} GROUP BY sink"))
+
+
+def read_depths(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Records waiting and dead letters per sink, read-only in one snapshot (any thread).
+
+    Raises:
+        sqlite3.Error: the file cannot be read.
+    """
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        db.execute("BEGIN")
+        return _per_sink(db, "spool"), _per_sink(db, "dead")
+    finally:
+        db.close()
+
+
 class BridgeState:
     """The main thread's handle on the state file."""
 
@@ -164,11 +182,11 @@ class BridgeState:
 
     def depth(self) -> dict[str, int]:
         """Records waiting, per sink."""
-        return dict(self._db.execute("SELECT sink, count(*) FROM spool GROUP BY sink"))
+        return _per_sink(self._db, "spool")
 
     def dead_letters(self) -> dict[str, int]:
         """Dead letters, per sink."""
-        return dict(self._db.execute("SELECT sink, count(*) FROM dead GROUP BY sink"))
+        return _per_sink(self._db, "dead")
 
     def close(self) -> None:
         """Close the main thread's connection."""

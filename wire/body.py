@@ -25,6 +25,7 @@ MAX_BODY_BYTES = 256 * 1024  # decompressed
 RATIO_FREE_BYTES = 128 * 1024  # decompressed sizes up to this are never a bomb
 MAX_RATIO = 256  # decompressed / compressed, above RATIO_FREE_BYTES
 MAX_STRING_BYTES = 8 * 1024
+MAX_COUNT = 2**63 - 1  # status counts and times
 MAX_DEPTH = 8  # nested maps and arrays in a body, the body's own map included
 MAX_SERIES = 4096  # series in one telemetry body
 MAX_SAMPLES = 65_536  # samples in one telemetry body, and so in any one series
@@ -206,17 +207,32 @@ class Status:
     policy: str
     cert_pem: str
     outbox_depth: int = 0
+    # Since protocol v1.1 (optional; absent from older agents, read as below):
+    connected_ms: int | None = None  # when this connection began
+    heartbeat_s: int = 0  # the birth is published again this often while online (0: never)
+    overdue: int = 0  # event envelopes no bridge confirmed in time
+    lost: bool = False  # true in the last will: the broker sent it, the link was lost
 
 
 def status_content(status: Status) -> dict[str, Any]:
     """The map for a status envelope."""
-    return {
+    content: dict[str, Any] = {
         "state": status.state,
         "agent": status.agent,
         "policy": status.policy,
         "cert": status.cert_pem,
         "outbox": status.outbox_depth,
+        "heartbeat_s": status.heartbeat_s,
+        "overdue": status.overdue,
+        "lost": status.lost,
     }
+    if status.connected_ms is not None:
+        content["connected_ms"] = status.connected_ms
+    return content
+
+
+def _optional(content: Mapping[str, Any], name: str, want: type, default: Any) -> Any:
+    return _get(content, name, want) if name in content else default
 
 
 def parse_status(content: Mapping[str, Any]) -> Status:
@@ -228,13 +244,26 @@ def parse_status(content: Mapping[str, Any]) -> Status:
     state = _get(content, "state", str)
     if state not in ("online", "offline"):
         raise MalformedError(f"status state {state!r} is neither online nor offline")
-    return Status(
+    status = Status(
         state=state,
         agent=_get(content, "agent", str),
         policy=_get(content, "policy", str),
         cert_pem=_get(content, "cert", str),
         outbox_depth=_get(content, "outbox", int),
+        connected_ms=_optional(content, "connected_ms", int, None),
+        heartbeat_s=_optional(content, "heartbeat_s", int, 0),
+        overdue=_optional(content, "overdue", int, 0),
+        lost=_optional(content, "lost", bool, False),
     )
+    for name, value in (
+        ("outbox", status.outbox_depth),
+        ("connected_ms", status.connected_ms or 0),
+        ("heartbeat_s", status.heartbeat_s),
+        ("overdue", status.overdue),
+    ):
+        if not 0 <= value <= MAX_COUNT:
+            raise MalformedError(f"status field {name!r} is {value}, not 0..{MAX_COUNT}")
+    return status
 
 
 # -- receipts ---------------------------------------------------------------------------------

@@ -196,6 +196,11 @@ class DeviceKeys:
         valid = [e for e in entries if e.not_after >= now]
         return tuple(sorted(valid, key=lambda e: e.not_before, reverse=True))
 
+    def known(self) -> int:
+        """How many devices have a trusted key (expired ones count until they are replaced)."""
+        with self._lock:
+            return sum(1 for entries in self._keys.values() if entries)
+
     def get(self, device: str) -> DeviceKey | None:
         """The newest trusted key of ``device``, or None when none is known (or revoked)."""
         entries = self.all(device)

@@ -1,5 +1,5 @@
 """The subcommands; each module has ``add_parser(subparsers)`` that sets ``func``."""
 
-from canvoy.commands import agent, bridge, broker, certs, dbc, decode, demo, sim, tail
+from canvoy.commands import agent, bridge, broker, certs, dbc, decode, demo, fleet, sim, tail
 
-COMMANDS = (certs, broker, dbc, decode, agent, bridge, tail, sim, demo)
+COMMANDS = (certs, broker, dbc, decode, agent, bridge, fleet, tail, sim, demo)

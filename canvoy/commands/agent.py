@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from canvoy.agent.config import load_config
+from canvoy.agent.config import AgentConfig, load_config
 from canvoy.agent.outbox import EventStatus, open_status
 from canvoy.agent.policy import load_policy
 from canvoy.agent.service import Agent, status_path
@@ -79,6 +79,7 @@ mqtt:
   reconnect_max_s: 60.0
   stall_timeout_s: 5.0      # publishes in flight and no PUBACK this long: reconnect
   probe_interval_s: 0.5     # while the broker is unreachable, probe its port this often
+  heartbeat_s: 60           # the retained online status again this often (canvoy fleet status)
 
 # Diagnostics from decoded signals (docs/CONFIG.md): DTCs broadcast in a DBC message, and
 # threshold triggers with a hold time and a freeze frame. J1939 buses also report DM1 codes.
@@ -99,6 +100,12 @@ diagnostics:
   #   freeze_frame: [CoolantTemp, EngineSpeed, VehicleSpeed, CoolantFanDuty]
   #   before_s: 10
   #   after_s: 5
+
+# Prometheus metrics at http://127.0.0.1:9731/metrics (docs/OPERATIONS.md); off unless enabled.
+metrics:
+  enabled: false
+  host: 127.0.0.1
+  port: 9731
 
 # On SIGTERM: how long to wait for acknowledgements of what is still in flight.
 shutdown_timeout_s: 10.0
@@ -314,8 +321,42 @@ def _ingest_lines(live: dict[str, Any]) -> list[str]:
     ]
 
 
+def _replay_lines(live: dict[str, Any]) -> list[str]:
+    """Each replay's progress: frames read of the log's total, and whether it has ended."""
+    lines = []
+    for bus, r in sorted(live.get("replays", {}).items()):
+        if not isinstance(r, dict):
+            continue
+        frames, total = int(r.get("frames", 0)), r.get("total")
+        of = f" of {total:,}" if isinstance(total, int) and not r.get("loop") else ""
+        if r.get("ended"):
+            text = f"ended: {frames:,} frames read"
+        elif r.get("percent") is not None:
+            turn = f" (looping; {total:,} per pass)" if r.get("loop") else ""
+            text = f"{frames:,}{of} frames ({r['percent']:.1f}%){turn}"
+        else:
+            text = f"{frames:,} frames read (counting the log's total)"
+        lines.append(f"  replay {bus:<8} {text}")
+    return ["replay", *lines] if lines else []
+
+
+def _not_run_yet(config: AgentConfig, args: argparse.Namespace) -> int:
+    path = config.outbox.path
+    if args.json:
+        print(json.dumps({"device": config.device, "state": "not run yet", "outbox": str(path)}))
+    else:
+        print(
+            f"device            {config.device}\n"
+            f"agent             has not run yet (no outbox at {path}); start it with: "
+            f"canvoy agent run --config {args.config}"
+        )
+    return 0
+
+
 def _status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    if not config.outbox.path.exists():
+        return _not_run_yet(config, args)
     outbox = open_status(config.outbox.path)
     live_path = status_path(config.outbox.path)
     live: dict[str, Any] = {}
@@ -357,10 +398,13 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     last_ack = c.get("last_ack_ms") or None
     running = live.get("state") == "running" and now - int(live.get("updated_ms", 0)) < 5000
+    replays = [r for r in live.get("replays", {}).values() if isinstance(r, dict)]
+    ended = running and bool(replays) and all(r.get("ended") for r in replays)
     lines = [
         f"device            {config.device}",
         f"agent             {'running' if running else 'not running'}"
-        + (f", {'connected' if live.get('connected') else 'not connected'}" if running else ""),
+        + (f", {'connected' if live.get('connected') else 'not connected'}" if running else "")
+        + (", replay ended (publishing what is left)" if ended else ""),
         f"outbox            {config.outbox.path}",
         f"  waiting         {outbox.depth} envelope(s), {outbox.bytes} bytes "
         f"({outbox.events} event envelope(s))",
@@ -373,6 +417,7 @@ def _status(args: argparse.Namespace) -> int:
         f"  disk full       {c.get('disk_full', 0)} time(s)",
         f"  next sequence   {c.get('next_seq', 1)}",
     ]
+    lines += _replay_lines(live) if running or live.get("state") == "stopped" else []
     lines += _ingest_lines(live)
     error = live.get("publisher", {}).get("last_error") if running else None
     if error:

@@ -52,6 +52,12 @@ quarantine: {quarantine}    # rejected messages (JSON Lines); the state file liv
 status_file: null           # a JSON file with the counters, rewritten every 10 s
 receipts: true              # publish delivery receipts for events to canvoy/v1/<device>/receipts
 
+# Prometheus metrics at http://127.0.0.1:9732/metrics (docs/OPERATIONS.md); off unless enabled.
+metrics:
+  enabled: false
+  host: 127.0.0.1
+  port: 9732
+
 sinks:
 {sinks}
 routes:
