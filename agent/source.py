@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 import time
@@ -13,6 +12,7 @@ from typing import Any, Literal
 
 import can
 
+from canvoy import mf4
 from canvoy.agent.faults import FaultLog
 from canvoy.errors import DecodeError
 from canvoy.transport.backoff import StoppedError, retry_until_stopped
@@ -84,7 +84,7 @@ def _open_reader(path: Path) -> Any:
             f"log {str(path)!r} has an unknown format {suffix or '(none)'!r}: use one of "
             + ", ".join(LOG_SUFFIXES)
         )
-    if suffix == ".mf4" and importlib.util.find_spec("asammdf") is None:
+    if suffix == ".mf4" and not mf4.load():
         raise DecodeError("reading MF4 needs asammdf: pip install 'canvoy[mf4]'")
     try:
         if suffix == ".asc":  # keep the recorded (absolute) times, as the other formats do
