@@ -210,9 +210,12 @@ class Collector(can.Listener):
         if not entry.mask:
             stats.repeated += 1  # nothing collected from this message
             return
-        # A reassembled payload may be shorter than its message: compare it padded.
-        head = bytes(data[: entry.length]).ljust(entry.length, b"\0") if truncated else data
-        bits = int.from_bytes(head[: entry.length], "big") & entry.mask
+        length = entry.length
+        if truncated:  # a reassembled payload may be shorter than its message: pad it
+            head = bytes(data[:length]).ljust(length, b"\0")
+        else:
+            head = data if len(data) == length else data[:length]
+        bits = int.from_bytes(head, "big") & entry.mask
         mux = bits & entry.mux_mask
         state = entry.states.get(mux)
         if state is not None:
@@ -267,7 +270,8 @@ class Collector(can.Listener):
     ) -> float:
         """Apply ``gates``' rate rules; emit samples; return when this message next needs
         decoding."""
-        touched = False
+        due = entry.due  # the earliest due of all the message's gates, kept as they change
+        stale = False
         for g in gates:
             value = signals.get(g.name)
             if value is None:
@@ -293,11 +297,16 @@ class Collector(can.Listener):
                 g.pending = changed  # a change held back by min_interval_s, or one undone
             else:
                 continue
+            was = g.due
             g.settle()
-            touched = True
-        if touched:
-            entry.due = min([g.due for g in entry.gates])  # a list is faster than a generator
-        return entry.due
+            if g.due <= due:
+                due = g.due
+            elif was <= due:
+                stale = True  # the earliest gate moved later: look at them all
+        if stale:
+            due = min([g.due for g in entry.gates])  # a list is faster than a generator
+        entry.due = due
+        return due
 
     def _resolve(self, key: int) -> _Entry:
         if is_transport_key(self.index, key):
