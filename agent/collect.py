@@ -211,10 +211,9 @@ class Collector(can.Listener):
             stats.repeated += 1  # nothing collected from this message
             return
         length = entry.length
+        head: bytes | bytearray = data if len(data) == length else data[:length]
         if truncated:  # a reassembled payload may be shorter than its message: pad it
-            head = bytes(data[:length]).ljust(length, b"\0")
-        else:
-            head = data if len(data) == length else data[:length]
+            head = bytes(head).ljust(length, b"\0")
         bits = int.from_bytes(head, "big") & entry.mask
         mux = bits & entry.mux_mask
         state = entry.states.get(mux)
