@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 INF = math.inf
 # Codecs kept per message for the sets of signals that change together; beyond: full decodes.
 MAX_SELECTIONS = 64
+MAX_CHANGES = 256  # patterns of changed bits remembered per message
 
 
 class Sample(NamedTuple):
@@ -123,6 +124,8 @@ class _Entry:
     # No multiplexer: a frame decodes only its changed or due signals, with these codecs.
     selective: bool = False
     selections: dict[tuple[_Gate, ...], Selection] = field(default_factory=dict)
+    # changed bits -> the signals they belong to, and their codec (when nothing else is due)
+    changes: dict[int, tuple[tuple[_Gate, ...], Selection]] = field(default_factory=dict)
 
 
 _UNKNOWN = _Entry(message=None)
@@ -241,23 +244,42 @@ class Collector(can.Listener):
         """Decode and gate only the signals whose bits changed or which are due; False when
         this frame needs the whole message decoded instead."""
         diff = int(state[0]) ^ bits
-        if t < state[1]:
-            gates = tuple([g for g in entry.gates if diff & g.bits])
+        if t < state[1]:  # nothing due: which signals changed follows from the changed bits
+            found = entry.changes.get(diff)
+            if found is None:
+                found = self._select(entry, tuple([g for g in entry.gates if diff & g.bits]))
+                if found is None:
+                    return False
+                if len(entry.changes) < MAX_CHANGES:
+                    entry.changes[diff] = found
         else:
-            gates = tuple([g for g in entry.gates if diff & g.bits or t >= g.due])
-        selection = entry.selections.get(gates)
-        assert entry.message is not None
-        if selection is None:
-            if len(entry.selections) >= MAX_SELECTIONS:
+            found = self._select(
+                entry, tuple([g for g in entry.gates if diff & g.bits or t >= g.due])
+            )
+            if found is None:
                 return False
-            selection = select(entry.message, [g.signal for g in gates])
-            entry.selections[gates] = selection
+        gates, selection = found
+        assert entry.message is not None
         signals = decode_selection(entry.message, selection, bytes(data))
         if signals is None:
             return False  # the whole decode says why (malformed), as for any frame
         self.stats.decoded += 1
         state[0], state[1] = bits, self._gate(entry, signals, t, gates)
         return True
+
+    @staticmethod
+    def _select(
+        entry: _Entry, gates: tuple[_Gate, ...]
+    ) -> tuple[tuple[_Gate, ...], Selection] | None:
+        """The codec for ``gates``' signals, made once; None beyond MAX_SELECTIONS."""
+        selection = entry.selections.get(gates)
+        if selection is None:
+            if len(entry.selections) >= MAX_SELECTIONS:
+                return None
+            assert entry.message is not None
+            selection = select(entry.message, [g.signal for g in gates])
+            entry.selections[gates] = selection
+        return gates, selection
 
     def on_error(self, exc: Exception) -> None:
         """Called by can.Notifier when the bus fails; the bus supervisor reopens it."""
