@@ -69,15 +69,10 @@ def decode_selection(
     message). Returns None when the payload cannot be decoded.
     """
     try:
+        # decode_choices, scaling, allow_truncated, allow_excess: positional (keywords cost a
+        # quarter of a one-signal decode)
         raw = decode_data(
-            data,
-            message.length,
-            selection.signals,
-            selection.formats,
-            decode_choices=True,
-            scaling=True,
-            allow_truncated=False,
-            allow_excess=True,
+            data, message.length, selection.signals, selection.formats, True, True, False, True
         )
     except Exception:  # cantools raises DecodeError, KeyError, ValueError, struct errors
         return None
