@@ -93,10 +93,13 @@ def _open_reader(path: Path) -> Any:
     except OSError as exc:
         raise DecodeError(f"cannot open log {str(path)!r}: {exc.strerror or exc}") from exc
     except Exception as exc:  # a reader's header parser raises anything (struct.error, ...)
-        raise DecodeError(
+        failure = DecodeError(
             f"{str(path)!r} is not a readable {_format(path)} file ({_reason(exc)}): "
             "check the file and its suffix"
-        ) from exc
+        )
+    if suffix == ".mf4":
+        mf4.free_remains()  # out of the handler: the half-opened file can go now, quietly
+    raise failure
 
 
 def _reason(exc: BaseException) -> str:

@@ -13,12 +13,15 @@ nothing is held back and :func:`load` only says whether asammdf is there.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
+import logging
 import sys
 import threading
 from types import ModuleType
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 
 
@@ -53,3 +56,22 @@ def load() -> bool:
 def _has_asammdf(module: ModuleType) -> bool:
     # python-can's MF4 module sets ``asammdf`` to None when its import failed.
     return getattr(module, "asammdf", None) is not None
+
+
+def free_remains() -> None:
+    """Free what a failed MF4 open left behind, now, without a traceback.
+
+    asammdf's ``MDF4.__del__`` fails on a file it could not finish opening (a cut or foreign
+    file), and Python prints such a failure as a traceback whenever the object goes. Called
+    once the open has failed: the object goes here, and its complaint to the debug log.
+    """
+    previous = sys.unraisablehook
+    sys.unraisablehook = _log_unraisable
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+
+
+def _log_unraisable(unraisable: sys.UnraisableHookArgs) -> None:
+    log.debug("asammdf, freeing a file it could not open: %r", unraisable.exc_value)

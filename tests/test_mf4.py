@@ -93,3 +93,30 @@ def test_sim_record_writes_an_mf4_that_decode_reads(tmp_path: Path) -> None:
     written = (tmp_path / "out.jsonl").read_text().splitlines()
     assert len(written) > 100
     assert "Traceback" not in recorded.stderr + decoded.stderr
+
+
+def _canvoy(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "canvoy", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+    )
+
+
+@pytest.mark.integration
+@needs_asammdf
+def test_cut_and_foreign_mf4_files_give_one_line_and_no_traceback(tmp_path: Path) -> None:
+    recorded = _canvoy(tmp_path, "sim", "record", "-o", "drive.mf4", "--duration", "20")
+    assert recorded.returncode == 0, recorded.stderr
+    assert _canvoy(tmp_path, "dbc", "copy", "demo_vehicle.dbc").returncode == 0
+    whole = (tmp_path / "drive.mf4").read_bytes()
+    (tmp_path / "cut.mf4").write_bytes(whole[: len(whole) // 3])
+    (tmp_path / "random.mf4").write_bytes(bytes(range(256)) * 40)
+    for name in ("cut.mf4", "random.mf4"):
+        done = _canvoy(tmp_path, "decode", name, "--dbc", "demo_vehicle.dbc", "-o", "out.jsonl")
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+        assert name in done.stderr and "Traceback" not in done.stderr
