@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from itertools import islice
 
 import can
@@ -130,3 +131,30 @@ def test_the_real_truck_log_reports_the_same_either_way(monkeypatch: pytest.Monk
     whole, selective = _whole_and_selective(monkeypatch, index, policy, frames)
     assert len(whole[0]) > 100
     assert selective == whole
+
+
+def test_random_payloads_keep_the_remembered_patterns_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rng = random.Random(7)
+    frames = [
+        can.Message(
+            timestamp=i * 0.001,
+            arbitration_id=frame_id,
+            is_extended_id=False,
+            data=rng.randbytes(IDS[frame_id]),
+            is_fd=IDS[frame_id] > 8,
+        )
+        for i, frame_id in enumerate([0x100, 0x200, 0x400] * 3000)
+    ]
+    policy = load_policy(None)
+    whole, selective = _whole_and_selective(monkeypatch, INDEX, policy, frames)
+    assert selective == whole
+    out: list[Sample] = []
+    collector = Collector(bus="pt", index=INDEX, policy=policy, emit=out.append)
+    for msg in frames:
+        collector.on_message_received(msg)
+    for entry in collector._entries.values():
+        assert len(entry.changes) <= collect.MAX_CHANGES
+        assert len(entry.selections) <= collect.MAX_SELECTIONS
+    assert max(len(e.changes) for e in collector._entries.values()) == collect.MAX_CHANGES
