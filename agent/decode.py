@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import can
-from cantools.database.can import Message
+from cantools.database.can import Message, Signal
 from cantools.database.namedsignalvalue import NamedSignalValue
+from cantools.database.utils import create_encode_decode_formats, decode_data
+from cantools.typechecking import Formats
 
 from canvoy.agent.database import EXTENDED, Index
 from canvoy.agent.multiframe import Transport, is_transport_key, wants_isotp
@@ -32,11 +35,48 @@ def decode_payload(
         return None
     if not isinstance(result, dict):
         return None  # a container message; canvoy does not unpack containers
-    raw: dict[str, Any] = result
+    return _plain(result)
+
+
+def _plain(raw: dict[str, Any]) -> dict[str, Value]:
+    """Value-table entries as their names (strings), in place."""
     for name, value in raw.items():
         if isinstance(value, NamedSignalValue):
             raw[name] = str(value.name)
     return raw
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Some signals of one message, with cantools' codec for just their bits."""
+
+    signals: tuple[Signal, ...]
+    formats: Formats
+
+
+def select(message: Message, signals: Sequence[Signal]) -> Selection:
+    """A :class:`Selection` of ``signals`` (signals of ``message``, none multiplexed)."""
+    return Selection(tuple(signals), create_encode_decode_formats(signals, message.length))
+
+
+def decode_selection(
+    message: Message, selection: Selection, data: bytes
+) -> dict[str, Value] | None:
+    """Decode only ``selection``'s signals of a whole payload, as :func:`decode_payload` would.
+
+    cantools' ``decode_data`` is what ``Message.decode`` runs on each group of signals; given
+    fewer signals it unpacks and scales fewer (one signal of forty costs a tenth of the whole
+    message). Returns None when the payload cannot be decoded.
+    """
+    try:
+        # decode_choices, scaling, allow_truncated, allow_excess: positional (keywords cost a
+        # quarter of a one-signal decode)
+        raw = decode_data(
+            data, message.length, selection.signals, selection.formats, True, True, False, True
+        )
+    except Exception:  # cantools raises DecodeError, KeyError, ValueError, struct errors
+        return None
+    return _plain(raw)
 
 
 @dataclass(slots=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import math
 import threading
@@ -14,6 +13,7 @@ from typing import Any, Literal
 
 import can
 
+from canvoy import mf4
 from canvoy.agent.faults import FaultLog
 from canvoy.errors import DecodeError
 from canvoy.transport.backoff import StoppedError, retry_until_stopped
@@ -82,7 +82,7 @@ def _open_reader(path: Path) -> Any:
             f"log {str(path)!r} has an unknown format {suffix or '(none)'!r}: use one of "
             + ", ".join(LOG_SUFFIXES)
         )
-    if suffix == ".mf4" and importlib.util.find_spec("asammdf") is None:
+    if suffix == ".mf4" and not mf4.load():
         raise DecodeError("reading MF4 needs asammdf: pip install 'canvoy[mf4]'")
     try:
         if suffix == ".asc":  # keep the recorded (absolute) times, as the other formats do
@@ -91,10 +91,13 @@ def _open_reader(path: Path) -> Any:
     except OSError as exc:
         raise DecodeError(f"cannot open log {str(path)!r}: {exc.strerror or exc}") from exc
     except Exception as exc:  # a reader's header parser raises anything (struct.error, ...)
-        raise DecodeError(
+        failure = DecodeError(
             f"{str(path)!r} is not a readable {_format(path)} file ({_reason(exc)}): "
             "check the file and its suffix"
-        ) from exc
+        )
+    if suffix == ".mf4":
+        mf4.free_remains()  # out of the handler: the half-opened file can go now, quietly
+    raise failure
 
 
 def _reason(exc: BaseException) -> str:

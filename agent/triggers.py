@@ -302,5 +302,6 @@ class TriggerWatcher:
         self._run(actions)
 
     def wrap(self, emit: Callable[[Sample], None]) -> Callable[[Sample], None]:
-        """An emit function that passes samples on and watches them."""
-        return tee(emit, self.observe)
+        """An emit function that passes samples on and watches them (``emit`` itself when no
+        trigger is configured: nothing to watch)."""
+        return tee(emit, self.observe) if self._states else emit

@@ -20,6 +20,7 @@ import cantools
 from cantools.database.can import Database, Message
 
 from canvoy import dbc as shipped
+from canvoy import mf4
 from canvoy.errors import ConfigError
 from canvoy.simulator.model import STEP_S, Vehicle, target_speed
 from canvoy.simulator.scenarios import FaultState, Scenario
@@ -243,14 +244,11 @@ def open_logger(path: Path) -> can.Listener:
         ConfigError: the format is unknown or needs an extra that is not installed, or the
             file cannot be created.
     """
-    if path.suffix.lower() == ".mf4":
-        try:
-            import asammdf  # noqa: F401 - python-can's MF4 writer needs it
-        except ImportError as exc:
-            raise ConfigError(
-                f"cannot write {str(path)!r}: MF4 needs asammdf: pip install 'canvoy[mf4]' "
-                "(or write .blf, .asc, .log, .trc, .csv or .db)"
-            ) from exc
+    if path.suffix.lower() == ".mf4" and not mf4.load():
+        raise ConfigError(
+            f"cannot write {str(path)!r}: MF4 needs asammdf: pip install 'canvoy[mf4]' "
+            "(or write .blf, .asc, .log, .trc, .csv or .db)"
+        )
     if not path.parent.is_dir():
         raise ConfigError(f"cannot write {str(path)!r}: directory {str(path.parent)!r} is missing")
     try:
