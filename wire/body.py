@@ -1,4 +1,4 @@
-"""Envelope bodies of protocol v1: columnar telemetry, events, status and receipts.
+"""Envelope bodies of protocol v1: columnar telemetry, events and status (receipts: confirm.py).
 
 Every body is a msgpack map, compressed with zstd when that makes it smaller. Parsing is bounded
 (size, nesting, container lengths) and every field's type is checked, because a bridge reads
@@ -8,7 +8,7 @@ bodies from devices it trusts only as far as their signatures go. See docs/PROTO
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, Literal
@@ -235,23 +235,3 @@ def parse_status(content: Mapping[str, Any]) -> Status:
         cert_pem=_get(content, "cert", str),
         outbox_depth=_get(content, "outbox", int),
     )
-
-
-# -- receipts ---------------------------------------------------------------------------------
-
-
-def receipts_content(keys: Sequence[str], delivered_ms: int) -> dict[str, Any]:
-    """The map for a receipt: the idempotency keys of events durably forwarded."""
-    return {"keys": list(keys), "delivered_ms": delivered_ms}
-
-
-def parse_receipts(content: Mapping[str, Any]) -> tuple[list[str], int]:
-    """Check a receipt body; return (keys, delivered_ms).
-
-    Raises:
-        MalformedError: a field is missing or of the wrong type.
-    """
-    keys = _get(content, "keys", list)
-    if not all(isinstance(k, str) for k in keys):
-        raise MalformedError("receipt keys must be strings")
-    return keys, _get(content, "delivered_ms", int)
