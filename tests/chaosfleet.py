@@ -116,6 +116,8 @@ class Fleet:
         canvoy(
             "sim",
             "record",
+            "--scenario",
+            "overheat",  # a fan failure: events (P0217) travel with the telemetry
             "--seed",
             str(self.seed),
             "--duration",

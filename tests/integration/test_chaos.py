@@ -22,6 +22,7 @@ def test_short_chaos_run_loses_nothing(tmp_path: Path) -> None:
         broker_kills=2,
         bridge_kills=1,
         nats_kills=0,
+        blackouts=0,
         agent_life_s=(1.0, 4.0),
         drive_s=120,
         speed="x10",
