@@ -280,19 +280,19 @@ def main() -> None:
         with (root / "mosquitto.log").open("wb") as broker_log:
             broker.start(log=broker_log)
             try:
-                with _bridge(root, certs, port):
-                    # The bare loop runs just before and just after the agent; the mean of the two
-                    # is the reference, so that a change of machine load in between evens out.
-                    before = _bare(root / "bare-before", log, dbc)
+                # The bare loop runs just before and just after the agent; the mean of the two
+                # is the reference, so that a change of machine load in between evens out.
+                before = _bare(root / "bare-before", log, dbc)
+                with _bridge(root, certs, port):  # confirms for the agent; gone for the baseline
                     # The agent once per delivery mode; the first one, bridge, is the default.
                     results = [
                         _agent(root, certs, port, log=log, dbc=dbc, frames=args.frames, delivery=d)
                         for d in ("bridge", "broker")
                     ]
-                    after = _bare(root / "bare-after", log, dbc)
-                    bare_s, loop_rate = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
-                    if not args.skip_baseline:
-                        results.append(_naive(root, certs, port, log, args.frames))
+                after = _bare(root / "bare-after", log, dbc)
+                bare_s, loop_rate = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
+                if not args.skip_baseline:
+                    results.append(_naive(root, certs, port, log, args.frames))
             finally:
                 broker.stop()
     for result in results:

@@ -8,6 +8,8 @@ bridge, and the agent's republishing of what was not confirmed, bring those enve
 
 from __future__ import annotations
 
+import os
+import random
 import signal
 import sqlite3
 import time
@@ -193,3 +195,34 @@ def test_only_a_bridge_may_publish_a_confirmation(
     with pytest.raises(PublishRefusedError, match="Not authorized"):
         conn.publish(receipts, b'{"keys": [], "delivered_ms": 1, "confirmed": []}').result(5)
     broker.connect("bridge", "b1").publish(receipts, b"{}").result(5)
+
+
+def test_agent_sigkilled_at_random_moments_with_delivery_bridge_loses_nothing(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    out = tmp_path / "out.jsonl"
+    config = bridge_config(tmp_path / "bridge.yaml", broker, jsonl=out)
+    bridge = start_bridge(config, tmp_path / "bridge.log")
+    wait_for(lambda: bridge_ready(config), what="bridge connected")
+    agent_yaml = agent_config(
+        tmp_path / "agent.yaml",
+        broker,
+        replay=drive_log(tmp_path / "d.blf", 60),
+        speed="x6",
+        delivery=DELIVERY,
+    )
+    seed = int(os.environ.get("CANVOY_TEST_SEED", time.time_ns() % 100_000))
+    rng = random.Random(seed)
+    try:
+        for _ in range(5):
+            agent = start_agent(agent_yaml, tmp_path / "agent.log")
+            time.sleep(rng.uniform(1.0, 5.0))  # a random moment, not a synchronisation
+            assert stop(agent, signal.SIGKILL) == -signal.SIGKILL
+        agent = start_agent(agent_yaml, tmp_path / "agent.log", "--exit-when-done")
+        assert agent.wait(120) == 0, f"seed {seed}"
+        outbox = _outbox(tmp_path)
+        last = outbox.counters["next_seq"] - 1
+        assert (outbox.depth, outbox.counters["confirmed"]) == (0, last), f"seed {seed}"
+        wait_for(lambda: _seqs(out) >= set(range(1, last + 1)), 30, f"every envelope, seed {seed}")
+    finally:
+        stop(bridge)
