@@ -429,12 +429,14 @@ class Outbox:
     # -- publishing side -------------------------------------------------------------------
 
     def pending(self, limit: int, skip: Iterable[int] = ()) -> list[Row]:
-        """Up to ``limit`` rows to send next: unconfirmed rows whose wait is over (published
-        again), then rows never sent, events first and then oldest first."""
+        """Up to ``limit`` rows to send next: rows never sent, events first and then oldest
+        first; then unconfirmed rows whose wait is over (published again), so that republishing
+        takes only the capacity that new envelopes leave."""
         skipped = set(skip)
         with self._lock:
-            rows = due(self._db, _now_ms(), limit + len(skipped))
-            rows += unsent(self._db, limit + len(skipped))
+            rows = unsent(self._db, limit + len(skipped))
+            if len(rows) < limit + len(skipped):
+                rows += due(self._db, _now_ms(), limit + len(skipped))
         return [Row(s, k, p) for s, k, p in rows if s not in skipped][:limit]
 
     def unsent(self) -> int:

@@ -59,7 +59,7 @@ def test_acknowledged_rows_stay_until_confirmed_and_come_back_byte_for_byte(
     assert (box.depth(), box.unsent()) == (4, 1)
     clock.ms += 10_000
     again = box.pending(10)
-    assert [r.seq for r in again] == [1, 2, 3, 4]
+    assert [r.seq for r in again] == [4, 1, 2, 3]  # the new one first, then the republishes
     assert all(r.payload == first[r.seq] for r in again)
     assert box.confirm([(box.boot, 1, 2)], clock.ms) == 2
     status = box.status()
