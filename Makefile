@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Debian packages the tests and the demo run for real: the broker, its stock clients, NATS.
 SYSTEM_PACKAGES := mosquitto mosquitto-clients nats-server
 
-.PHONY: setup system-packages test lint demo bench clean
+.PHONY: setup system-packages test lint demo bench chaos clean
 
 setup: system-packages $(STAMP)
 
@@ -55,6 +55,12 @@ bench: setup
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/bridge.py
 	$(BIN)/python bench/renewal.py
+
+# Not part of 'make test': minutes of SIGKILLs against every process (README, "The chaos run").
+# More: make chaos CHAOS_ARGS='--seed 7 --agent-kills 2000'
+CHAOS_ARGS ?=
+chaos: setup
+	$(BIN)/python -m tests.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis demo-run

@@ -1,4 +1,4 @@
-"""The agent config file (agent.yaml): identity, buses, policy, batching, outbox and MQTT."""
+"""The agent config file (agent.yaml): identity, buses, policy, batching, outbox, MQTT, delivery."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from canvoy.agent.buses import BusConfig
 from canvoy.agent.diagnostics import DiagnosticsConfig
 from canvoy.agent.outbox import OutboxConfig
 from canvoy.agent.publish import MqttConfig
+from canvoy.agent.unconfirmed import DeliveryConfig
 from canvoy.config import build, read_yaml
 from canvoy.errors import ConfigError
 from canvoy.metrics import MetricsConfig
@@ -34,6 +35,7 @@ class AgentConfig:
     batch: BatchConfig = field(default_factory=BatchConfig)
     outbox: OutboxConfig = field(default_factory=OutboxConfig)
     mqtt: MqttConfig = field(default_factory=MqttConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
     diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shutdown_timeout_s: float = 10.0
@@ -56,6 +58,8 @@ def load_config(path: Path) -> AgentConfig:
         ConfigError: the file is missing, not YAML, or a key is unknown or invalid (named).
     """
     data = read_yaml(path, "agent config")
+    if isinstance(data, dict) and isinstance(data.get("delivery"), str):
+        data["delivery"] = {"mode": data["delivery"]}  # the short form: ``delivery: broker``
     config = build(AgentConfig, data)
     base = path.resolve().parent
     buses = tuple(

@@ -21,7 +21,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.metrics_core import Metric
 
 from canvoy import __version__
-from canvoy.agent.outbox import OutboxStatus, read_status
+from canvoy.agent.outbox_status import OutboxStatus, read_status
 
 if TYPE_CHECKING:
     from canvoy.agent.service import Agent
@@ -176,6 +176,21 @@ class AgentMetrics:
             "outbox_oldest_age_seconds",
             "Age of the oldest unsent envelope (0: none)",
             max(0.0, oldest),
+        )
+        unconfirmed = status.unconfirmed
+        waited = (now_ms - unconfirmed.oldest_sent_ms) / 1000 if unconfirmed.oldest_sent_ms else 0.0
+        yield _gauge(
+            "unconfirmed_envelopes",
+            "Envelopes the broker acknowledged that no bridge has confirmed yet",
+            unconfirmed.count,
+        )
+        yield _gauge(
+            "unconfirmed_bytes", "Bytes of the envelopes not yet confirmed", unconfirmed.bytes
+        )
+        yield _gauge(
+            "unconfirmed_oldest_age_seconds",
+            "Time since the oldest unconfirmed envelope was sent (0: none)",
+            max(0.0, waited),
         )
         yield _counter(
             "outbox_evictions_total", "Envelopes evicted (outbox or disk full)", c.get("evicted", 0)

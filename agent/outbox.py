@@ -1,11 +1,14 @@
 """The durable SQLite outbox: every envelope is signed and committed here before it is sent.
 
-A row leaves only when the broker acknowledged it (PUBACK < 0x80) or refused it (then it moves
-to ``rejected``). The next sequence number is written in the same transaction as the row, so it
-never goes back or repeats after a crash. When the outbox reaches ``max_bytes`` or the disk is
-full, the oldest telemetry is evicted first and events last; every eviction is counted. Open
-fault episodes are written in the transaction of the events envelope that opens, changes or
-closes them (``episode_store``), so after a crash they match the stored envelopes exactly.
+A row leaves when a bridge confirmed it as forwarded (``delivery: bridge``, the default; the
+broker's PUBACK only marks it sent, see ``unconfirmed``), when the broker acknowledged it
+(``delivery: broker``), or when the broker refused it (then it moves to ``rejected``). The next
+sequence number is written in the same transaction as the row, so it never goes back or repeats
+after a crash. When the outbox reaches ``max_bytes`` or the disk is full, the oldest telemetry
+is evicted first and events last (within each, what the broker has already acknowledged goes
+before what it never got); every eviction is counted. Open fault episodes are written in the
+transaction of the events envelope that opens, changes or closes them (``episode_store``), so
+after a crash they match the stored envelopes exactly.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from canvoy.agent.episode_store import EPISODES_SCHEMA, read_episodes, store_changes
 from canvoy.agent.episodes import Change, Episode
+from canvoy.agent.outbox_status import EventStatus, OutboxStatus, open_status, read_status
+from canvoy.agent.unconfirmed import DeliveryConfig, confirm, due, mark_sent, migrate, unsent
 from canvoy.errors import ConfigError, StoreError
 from canvoy.wire import body
 from canvoy.wire.envelope import Encoding, Envelope, sign
@@ -34,6 +39,8 @@ from canvoy.wire.events import AgentEvent, parse_events
 from canvoy.wire.topics import Kind
 
 log = logging.getLogger(__name__)
+# Re-exported: status readers import them from here as well.
+__all__ = ["EventStatus", "Outbox", "OutboxConfig", "OutboxStatus", "Row", "open_status"]
 
 Sync = Literal["full", "normal"]
 WAL_PAGES = 256
@@ -74,6 +81,7 @@ CREATE TABLE IF NOT EXISTS rejected (
 COUNTERS = (
     "next_seq",
     "acked",
+    "confirmed",
     "last_ack_ms",
     "evicted",
     "evicted_bytes",
@@ -106,19 +114,6 @@ class Row:
     payload: bytes
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OutboxStatus:
-    """What ``canvoy agent status`` shows."""
-
-    depth: int
-    bytes: int
-    events: int
-    oldest_ms: int | None
-    rejected: int
-    counters: dict[str, int]
-    events_log: tuple[EventStatus, ...] = ()
-
-
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -136,6 +131,7 @@ def _connect(path: Path, sync: Sync, page_limit: int | None) -> sqlite3.Connecti
     if check is None or check[0] != "ok":
         raise sqlite3.DatabaseError(f"quick_check: {check[0] if check else 'no answer'}")
     db.executescript(_SCHEMA + EPISODES_SCHEMA)
+    migrate(db)
     db.executemany(
         "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
         [(n, 1 if n == "next_seq" else 0) for n in COUNTERS],
@@ -161,7 +157,7 @@ def _move_aside(path: Path, exc: Exception) -> Path:
 
 
 class Outbox:
-    """Signed envelopes of one device, stored until acknowledged. Thread-safe."""
+    """Signed envelopes of one device, stored until confirmed or acknowledged. Thread-safe."""
 
     def __init__(
         self,
@@ -170,6 +166,7 @@ class Outbox:
         device: str,
         boot: bytes,
         key: ec.EllipticCurvePrivateKey,
+        delivery: DeliveryConfig | None = None,
         page_limit: int | None = None,
     ) -> None:
         """Open (or create) the outbox; a corrupt file is moved aside and replaced.
@@ -180,6 +177,7 @@ class Outbox:
             StoreError: the outbox cannot be created at all (directory missing, no permission).
         """
         self.config = config
+        self.delivery = delivery or DeliveryConfig()
         self.device = device
         self.boot = boot
         self._key = key
@@ -315,9 +313,9 @@ class Outbox:
         if max(over_cap, over_disk) > 0:
             self._evict(max(over_cap, over_disk))
         db.execute(
-            "INSERT INTO outbox (seq, priority, kind, created_ms, size, payload) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            (seq, PRIORITY.get(kind, 0), kind, created, len(payload), payload),
+            "INSERT INTO outbox (seq, priority, kind, created_ms, size, payload, boot) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (seq, PRIORITY.get(kind, 0), kind, created, len(payload), payload, self.boot),
         )
         db.execute("UPDATE meta SET value = MAX(value, ?) WHERE name = 'next_seq'", (seq + 1,))
         if kind == "events":
@@ -353,12 +351,14 @@ class Outbox:
         )
 
     def _evict(self, need: int) -> int:
-        """Delete oldest telemetry, then oldest events, until ``need`` bytes are free."""
+        """Delete oldest telemetry, then oldest events, until ``need`` bytes are free; in each,
+        rows the broker acknowledged first (they most likely reached a bridge already)."""
         db = self._db
         freed = 0
         for priority in (PRIORITY["telemetry"], PRIORITY["events"]):
             rows = db.execute(
-                "SELECT seq, size FROM outbox WHERE priority = ? ORDER BY seq", (priority,)
+                "SELECT seq, size FROM outbox WHERE priority = ? ORDER BY sent_ms IS NULL, seq",
+                (priority,),
             )
             doomed = []
             for seq, size in rows:
@@ -432,30 +432,43 @@ class Outbox:
     # -- publishing side -------------------------------------------------------------------
 
     def pending(self, limit: int, skip: Iterable[int] = ()) -> list[Row]:
-        """Up to ``limit`` rows to send next: events first, then oldest first."""
+        """Up to ``limit`` rows to send next: rows never sent, events first and then oldest
+        first; then unconfirmed rows whose wait is over (published again), so that republishing
+        takes only the capacity that new envelopes leave."""
         skipped = set(skip)
         with self._lock:
-            rows = self._db.execute(
-                "SELECT seq, kind, payload FROM outbox ORDER BY priority, seq LIMIT ?",
-                (limit + len(skipped),),
-            ).fetchall()
+            rows = unsent(self._db, limit + len(skipped))
+            if len(rows) < limit + len(skipped):
+                rows += due(self._db, _now_ms(), limit + len(skipped))
         return [Row(s, k, p) for s, k, p in rows if s not in skipped][:limit]
 
+    def unsent(self) -> int:
+        """Rows the broker has not acknowledged yet."""
+        with self._lock:
+            return int(
+                self._db.execute("SELECT COUNT(*) FROM outbox WHERE sent_ms IS NULL").fetchone()[0]
+            )
+
     def acknowledge(self, seqs: list[int]) -> None:
-        """Delete rows the broker acknowledged, in one transaction."""
+        """Record the broker's PUBACKs, in one transaction: with ``delivery: broker`` the rows
+        leave; with ``delivery: bridge`` they stay until a bridge confirms them."""
         if not seqs:
             return
         with self._lock:
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
-                sizes = db.execute(
-                    f"SELECT COALESCE(SUM(size), 0) FROM outbox WHERE seq IN "
-                    f"({','.join('?' * len(seqs))})",
-                    seqs,
-                ).fetchone()[0]
-                db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
                 now = _now_ms()
+                sizes = 0
+                if self.delivery.mode == "bridge":
+                    mark_sent(db, seqs, now, self.delivery)
+                else:
+                    sizes = db.execute(
+                        f"SELECT COALESCE(SUM(size), 0) FROM outbox WHERE seq IN "
+                        f"({','.join('?' * len(seqs))})",
+                        seqs,
+                    ).fetchone()[0]
+                    db.executemany("DELETE FROM outbox WHERE seq = ?", [(s,) for s in seqs])
                 db.execute("UPDATE meta SET value = value + ? WHERE name = 'acked'", (len(seqs),))
                 db.execute("UPDATE meta SET value = ? WHERE name = 'last_ack_ms'", (now,))
                 db.executemany(
@@ -494,7 +507,28 @@ class Outbox:
             "broker refused envelope %d (reason 0x%02X %s): kept in 'rejected'", seq, code, reason
         )
 
-    def record_receipt(self, keys: list[str], delivered_ms: int) -> int:
+    def confirm(self, ranges: Sequence[tuple[bytes, int, int]], delivered_ms: int) -> int:
+        """Delete the rows a bridge confirmed as forwarded ((boot, first, last) ranges) and mark
+        its events delivered; return how many rows left."""
+        if not ranges:
+            return 0
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                rows, size = confirm(self._db, ranges, delivered_ms)
+                self._db.execute(
+                    "UPDATE meta SET value = value + ? WHERE name = 'confirmed'", (rows,)
+                )
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                # The rows stay and are published again: a duplicate, never a loss.
+                self._rollback()
+                log.error("outbox: cannot record a confirmation: %s", exc)
+                return 0
+            self._bytes -= size
+        return rows
+
+    def record_receipt(self, keys: Sequence[str], delivered_ms: int) -> int:
         """Mark events a bridge confirmed as durably forwarded; return how many were known.
 
         ``keys`` are ``device:boot:seq[:index]`` idempotency keys.
@@ -552,61 +586,3 @@ def _summary(data: bytes, encoding: Encoding) -> str:
         return "?"
     parts = [f"{e.what}" if isinstance(e, AgentEvent) else f"{e.code} {e.state}" for e in events]
     return ", ".join(parts) or "-"
-
-
-@dataclass(frozen=True, slots=True)
-class EventStatus:
-    """One events envelope and what became of it."""
-
-    seq: int
-    created_ms: int
-    summary: str
-    acked_ms: int | None
-    delivered_ms: int | None
-
-
-def read_events(db: sqlite3.Connection, limit: int = 50) -> list[EventStatus]:
-    """The newest events envelopes with their acknowledgement and delivery times."""
-    rows = db.execute(
-        "SELECT seq, created_ms, summary, acked_ms, delivered_ms FROM events "
-        "ORDER BY seq DESC LIMIT ?",
-        (limit,),
-    ).fetchall()
-    return [EventStatus(*row) for row in reversed(rows)]
-
-
-def read_status(db: sqlite3.Connection) -> OutboxStatus:
-    """Read the status of an outbox through any connection (the agent's or a read-only one)."""
-    depth, size, oldest = db.execute(
-        "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(created_ms) FROM outbox"
-    ).fetchone()
-    events = db.execute("SELECT COUNT(*) FROM outbox WHERE priority = 0").fetchone()[0]
-    rejected = db.execute("SELECT COUNT(*) FROM rejected").fetchone()[0]
-    counters = dict(db.execute("SELECT name, value FROM meta").fetchall())
-    return OutboxStatus(
-        depth=int(depth),
-        bytes=int(size),
-        events=int(events),
-        oldest_ms=oldest,
-        rejected=int(rejected),
-        counters={k: int(v) for k, v in counters.items()},
-        events_log=tuple(read_events(db)),
-    )
-
-
-def open_status(path: Path) -> OutboxStatus:
-    """Status of the outbox at ``path`` without writing to it (safe while the agent runs).
-
-    Raises:
-        StoreError: there is no outbox at ``path`` or it cannot be read.
-    """
-    if not path.exists():
-        raise StoreError(f"no outbox at {str(path)!r}: has the agent run with this config yet?")
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
-        try:
-            return read_status(db)
-        finally:
-            db.close()
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot read outbox {str(path)!r}: {exc}") from exc

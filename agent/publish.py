@@ -1,15 +1,16 @@
 """Send the outbox to the broker: QoS 1, a bounded window, rate limits, reconnect with back-off.
 
 The publisher never holds data of its own. It reads rows from the outbox, publishes them, and
-deletes a row only when its PUBACK carries a reason code < 0x80 (or moves it to ``rejected``
-when the broker refuses it). When the connection drops, rows still in flight simply stay in
-the outbox and are sent again, with identical bytes, on the next connection.
+reports each PUBACK with a reason code < 0x80 to the outbox (which deletes the row with
+``delivery: broker`` and keeps it until a bridge confirms it with ``delivery: bridge``), or
+moves the row to ``rejected`` when the broker refuses it. When the connection drops, rows still
+in flight simply stay in the outbox and are sent again, with identical bytes, on the next
+connection. Bridges' confirmations arrive on the device's receipts topic.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import socket
 import threading
@@ -29,7 +30,7 @@ from canvoy.errors import (
 )
 from canvoy.transport.backoff import StoppedError, retry_until_stopped
 from canvoy.transport.mqtt import Connection, Message, Will
-from canvoy.wire import body
+from canvoy.wire.confirm import parse_confirmation
 from canvoy.wire.errors import EnvelopeError
 from canvoy.wire.topics import topic
 
@@ -121,6 +122,8 @@ class PublishStats:
     refused: int = 0
     lost_connections: int = 0
     receipts: int = 0
+    confirmations: int = 0
+    confirmed: int = 0
     last_error: str = ""
 
 
@@ -242,7 +245,10 @@ class Publisher:
         return self._conn is not None and self._conn.connected
 
     def drain(self, timeout_s: float) -> bool:
-        """Wait until the outbox is empty and nothing is in flight; True if it got there."""
+        """Wait until the outbox is empty and nothing is in flight; True if it got there.
+
+        With ``delivery: bridge`` an empty outbox means every envelope was confirmed.
+        """
         deadline = self._clock() + timeout_s
         self._wake.set()
         while self._clock() < deadline:
@@ -403,13 +409,15 @@ class Publisher:
         conn.publish(topic(self.identity.device, "status"), self._birth(), retain=True)
 
     def _on_receipt(self, msg: Message) -> None:
-        """A bridge confirms events as durably forwarded (only bridges may publish here)."""
+        """A bridge confirms envelopes as durably forwarded (only bridges may publish here)."""
         try:
-            keys, delivered_ms = body.parse_receipts(json.loads(msg.payload))
-        except (ValueError, TypeError, AttributeError, EnvelopeError) as exc:
-            log.warning("ignoring a malformed receipt on %s: %s", msg.topic, exc)
+            got = parse_confirmation(bytes(msg.payload))
+        except EnvelopeError as exc:
+            log.warning("ignoring a malformed confirmation on %s: %s", msg.topic, exc)
             return
-        self.stats.receipts += self.outbox.record_receipt(keys, delivered_ms)
+        self.stats.confirmations += 1
+        self.stats.receipts += self.outbox.record_receipt(got.keys, got.delivered_ms)
+        self.stats.confirmed += self.outbox.confirm(got.ranges, got.delivered_ms)
 
     def _pump(self, conn: Connection) -> None:
         device = self.identity.device

@@ -64,7 +64,13 @@ class Agent:
         # Read again before each connection: an expired certificate does not stop collection.
         self.credentials = Credentials(config.device, config.tls, self.key, cert_pem)
         self.policy = load_policy(config.policy)
-        self.outbox = Outbox(config.outbox, device=config.device, boot=self.boot, key=self.key)
+        self.outbox = Outbox(
+            config.outbox,
+            device=config.device,
+            boot=self.boot,
+            key=self.key,
+            delivery=config.delivery,
+        )
         self.batcher = Batcher(config.batch, self.outbox.seal, self.policy.hash)
         # Bus threads hand samples and events to the sealing thread, which owns the batcher.
         self.sealer = Sealer(
@@ -241,10 +247,14 @@ class Agent:
         self.sealer.stop()
         drained = self.publisher.drain(timeout)
         if not drained:
+            unsent = self.outbox.unsent()
             log.warning(
-                "shutdown: %d envelope(s) not acknowledged within %s s; they stay in the outbox",
-                self.outbox.depth(),
+                "shutdown: within %s s, %d envelope(s) were not acknowledged by the broker and "
+                "%d not confirmed by a bridge; they stay in the outbox and are sent again "
+                "at the next start",
                 timeout,
+                unsent,
+                self.outbox.depth() - unsent,
             )
         self.publisher.stop(goodbye=self._status("offline"))
         self.state = "stopped"

@@ -5,7 +5,9 @@ Run: python bench/pipeline.py [--frames N] [--skip-baseline]. Prints, for both p
 frames/s from the first frame read to the last message received, bytes on the wire per signal
 sample, and the publisher's peak RSS; and, in the same run, the frames/s of the bare
 ``can.LogReader`` + ``decode_message`` loop over the same log, run as its own process and timed
-the same way (process start to last frame), with the agent's rates as ratios of it.
+the same way (process start to last frame), with the agent's rates as ratios of it. The agent
+runs twice: with ``delivery: bridge`` (the default: its outbox keeps each envelope until a
+bridge, running throughout, confirms it) and with ``delivery: broker`` (rows leave at PUBACK).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ import argparse
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +49,7 @@ from canvoy.wire import body
 from canvoy.wire.envelope import unpack, verify
 
 REPO = Path(__file__).resolve().parents[1]
-AGENT, NAIVE, SUBSCRIBER = "bench-agent", "bench-naive", "bench-sub"
+AGENT, NAIVE, SUBSCRIBER, BRIDGE = "bench-agent", "bench-naive", "bench-sub", "bench-bridge"
 TLS_RECORD_BYTES = 22  # TLS 1.3 AES-GCM: 5 header + 1 content type + 16 tag
 PUBACK_BYTES = 4
 MAX_QUEUED = 10_000
@@ -276,11 +281,14 @@ def main() -> None:
         certs = root / "pki"
         pki.init_ca(certs)
         pki.issue(certs, "broker", "broker", hosts=["127.0.0.1"])
-        for device in (AGENT, NAIVE):
-            pki.issue(certs, "device", device)
-        pki.issue(certs, "operator", SUBSCRIBER)
-        import socket
-
+        identities: list[tuple[pki.IdentityKind, str]] = [
+            ("device", AGENT),
+            ("device", NAIVE),
+            ("operator", SUBSCRIBER),
+            ("bridge", BRIDGE),
+        ]
+        for kind, name in identities:
+            pki.issue(certs, kind, name)
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = int(s.getsockname()[1])
@@ -291,7 +299,12 @@ def main() -> None:
                 # The bare loop runs just before and just after the agent; the mean of the two
                 # is the reference, so that a change of machine load in between evens out.
                 before = _bare(root / "bare-before", log, dbc)
-                results = [_agent(root, certs, port, log=log, dbc=dbc, frames=args.frames)]
+                with _bridge(root, certs, port):  # confirms for the agent; gone for the baseline
+                    # The agent once per delivery mode; the first one, bridge, is the default.
+                    results = [
+                        _agent(root, certs, port, log=log, dbc=dbc, frames=args.frames, delivery=d)
+                        for d in ("bridge", "broker")
+                    ]
                 after = _bare(root / "bare-after", log, dbc)
                 bare_s, loop_rate = (before[0] + after[0]) / 2, (before[1] + after[1]) / 2
                 if not args.skip_baseline:
@@ -301,8 +314,8 @@ def main() -> None:
     for result in results:
         result.show()
     _compare(results[0], args.frames, bare_s, loop_rate)
-    if len(results) == 2:
-        a, b = results
+    if not args.skip_baseline:
+        a, b = results[0], results[-1]
         ratio = (b.wire_bytes / b.input_samples) / (a.wire_bytes / a.input_samples)
         print(f"the agent sends {ratio:.0f}x fewer bytes per signal value than the baseline")
 
@@ -332,10 +345,43 @@ def _compare(agent: Result, frames: int, bare_s: float, loop_rate: float) -> Non
         )
 
 
-def _agent(root: Path, certs: Path, port: int, *, log: Path, dbc: Path, frames: int) -> Result:
+@contextmanager
+def _bridge(root: Path, certs: Path, port: int) -> Iterator[None]:
+    """A bridge without sinks, running meanwhile: it verifies and confirms every envelope."""
+    folder = pki.identity_dir(certs, "bridge", BRIDGE)
+    status, config = root / "bridge-status.json", root / "bridge.yaml"
+    files = {k: str(folder / f"{k}.pem") for k in ("cert", "key")}
+    config.write_text(
+        json.dumps(
+            {
+                "name": BRIDGE,
+                "tls": {"ca": str(pki.ca_cert_path(certs)), **files},
+                "broker": {"host": "127.0.0.1", "port": port},
+                "quarantine": str(root / "quarantine.jsonl"),
+                "status_file": str(status),
+            }
+        )
+    )
+    with (root / "bridge.log").open("wb") as out:
+        cmd = [sys.executable, "-m", "canvoy", "bridge", "run", "--config", str(config)]
+        proc = subprocess.Popen(cmd, stdout=out, stderr=out, cwd=REPO)
+    while not (status.exists() and json.loads(status.read_text())["connected"]):
+        if proc.poll() is not None:
+            sys.exit(f"the bridge failed; see {root / 'bridge.log'}")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def _agent(
+    root: Path, certs: Path, port: int, *, log: Path, dbc: Path, frames: int, delivery: str
+) -> Result:
     folder = pki.identity_dir(certs, "device", AGENT)
-    outbox = root / "agent-outbox.sqlite"
-    config = root / "agent.yaml"
+    outbox = root / f"agent-{delivery}-outbox.sqlite"
+    config = root / f"agent-{delivery}.yaml"
     config.write_text(
         json.dumps(
             {
@@ -348,6 +394,7 @@ def _agent(root: Path, certs: Path, port: int, *, log: Path, dbc: Path, frames: 
                 "buses": [{"name": "pt", "databases": [str(dbc)], "replay": str(log)}],
                 "outbox": {"path": str(outbox)},
                 "mqtt": {"host": "127.0.0.1", "port": port},
+                "delivery": delivery,
                 "shutdown_timeout_s": 600,
             }
         )
@@ -369,7 +416,7 @@ def _agent(root: Path, certs: Path, port: int, *, log: Path, dbc: Path, frames: 
 
     stats, seconds, rss = _pipeline(
         "agent",
-        root / "agent",
+        root / f"agent-{delivery}",
         certs=certs,
         port=port,
         device=AGENT,
@@ -379,10 +426,11 @@ def _agent(root: Path, certs: Path, port: int, *, log: Path, dbc: Path, frames: 
     )
     input_samples = _input_samples(log, dbc)
     found = re.search(
-        r"replay of .* ended: .* \(([0-9.]+) frames/s\)", (root / "agent" / "agent.log").read_text()
+        r"replay of .* ended: .* \(([0-9.]+) frames/s\)",
+        (root / f"agent-{delivery}" / "agent.log").read_text(),
     )
     return Result(
-        "canvoy agent (batched, signed, zstd, outbox)",
+        f"canvoy agent, delivery: {delivery} (batched, signed, zstd, outbox)",
         frames,
         seconds,
         stats["messages"],

@@ -58,6 +58,7 @@ class BridgeConfig:
     service_rules: tuple[ServiceRule, ...] = ()
     receipts: bool = True
     metrics: BridgeMetricsConfig = field(default_factory=BridgeMetricsConfig)
+    confirm_interval_s: float = 1.0
 
     def __post_init__(self) -> None:
         check_id(self.name)
@@ -79,6 +80,10 @@ class BridgeConfig:
             raise ConfigError("hold_unknown_s and session_expiry_s: must be >= 0")
         if self.batch_max < 1 or self.batch_max_bytes < 131072:
             raise ConfigError("batch_max must be >= 1 and batch_max_bytes >= 131072")
+        if not 0.05 <= self.confirm_interval_s <= 60:
+            raise ConfigError(
+                f"confirm_interval_s: {self.confirm_interval_s} must be 0.05..60 seconds"
+            )
         if self.replay_window < 1000:
             raise ConfigError("replay_window must be >= 1000 sequence numbers")
 

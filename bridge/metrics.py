@@ -99,9 +99,14 @@ class BridgeMetrics:
         yield _gauge("connected", "1 while connected to the broker", int(bridge.connected))
         yield _counter("connects_total", "Connections made to the broker", stats.get("connects", 0))
         yield _counter(
-            "receipt_failures_total",
-            "Event receipts that could not be published",
-            stats.get("receipt_failures", 0),
+            "confirmations_total",
+            "Confirmations published to devices (ranges of forwarded envelopes, and receipts)",
+            stats.get("confirmations", 0),
+        )
+        yield _counter(
+            "confirmation_failures_total",
+            "Confirmations that could not be published (the device publishes again)",
+            stats.get("confirmation_failures", 0),
         )
         yield _counter(
             "state_failures_total",

@@ -8,7 +8,6 @@ and acknowledged (``internal`` when the bridge's own code failed on it, with the
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
@@ -25,7 +24,7 @@ from canvoy.bridge.verify import Verified, Verifier
 from canvoy.bridge.workers import Job, Outcome, VerifyPool, public_bytes
 from canvoy.transport.mqtt import Connection, Message
 from canvoy.wire import body
-from canvoy.wire.errors import DuplicateError, EnvelopeError, UnknownDeviceError
+from canvoy.wire.errors import DuplicateError, EnvelopeError, ReplayError, UnknownDeviceError
 from canvoy.wire.keys import DeviceKey
 
 log = logging.getLogger(__name__)
@@ -46,6 +45,9 @@ class Batch:
     dead: list[tuple[str, str, str, str, str, str, str]] = field(default_factory=list)
     acks: list[Received] = field(default_factory=list)
     forwarded: list[Verified] = field(default_factory=list)
+    # Envelopes forwarded before (a duplicate, or a replay kept in the quarantine log): to be
+    # confirmed again once no sink holds them, because their device has not seen it.
+    confirm: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -199,6 +201,13 @@ class Pipeline:
             self.verifier.admit(verified)
         except DuplicateError as exc:
             self._duplicate(received, out, exc)
+            out.confirm.append(e.key)
+            return
+        except ReplayError as exc:
+            # Authentic but too far behind to tell from a copy: kept whole in the quarantine
+            # log (a dead letter) and confirmed, or its device would publish it for ever.
+            self._reject(received, out, exc.reason, str(exc), keep_payload=True)
+            out.confirm.append(e.key)
             return
         except EnvelopeError as exc:
             self._reject(received, out, exc.reason, str(exc))
@@ -285,8 +294,3 @@ def _device_of(topic: str) -> str:
     """The device segment of ``canvoy/v1/<device>/<kind>`` ("" for any other shape)."""
     parts = topic.split("/")
     return parts[2] if len(parts) == 4 else ""
-
-
-def receipt_payload(keys: Sequence[str]) -> bytes:
-    """The JSON receipt for events envelopes durably forwarded."""
-    return json.dumps(body.receipts_content(list(keys), int(time.time() * 1000))).encode()

@@ -29,9 +29,10 @@ from functools import partial
 from pathlib import Path
 
 from canvoy.bridge.config import BridgeConfig
+from canvoy.bridge.confirm import Confirmations
 from canvoy.bridge.delivery import SinkQueue, retry
 from canvoy.bridge.metrics import BridgeMetrics
-from canvoy.bridge.pipeline import Batch, Pipeline, Received, receipt_payload
+from canvoy.bridge.pipeline import Batch, Pipeline, Received
 from canvoy.bridge.quarantine import Quarantine
 from canvoy.bridge.sinks.base import Sink, SinkContext, build_sink
 from canvoy.bridge.state import BridgeState
@@ -116,6 +117,7 @@ class Bridge:
         self.pipeline = Pipeline(config, self.verifier, self.quarantine, self.pool, self.stats)
         self._queue: queue.Queue[Received] = queue.Queue()
         self._receipts: dict[str, str] = {}  # events envelope -> device, until settled
+        self.confirmations = Confirmations(config.confirm_interval_s)
         self._reload = threading.Event()
         self._report_now = threading.Event()  # set by the mqtt thread; the main thread reports
         self._conn: Connection | None = None
@@ -219,7 +221,7 @@ class Bridge:
                     self._commit(self.pipeline.process(batch))
                 if self.pipeline.held:
                     self._commit(self.pipeline.recheck_held())
-                self._send_receipts()
+                self._send_confirmations()
                 now = time.monotonic()
                 if self._reload.is_set() or now >= next_crl:
                     self._check_crl(forced=self._reload.is_set())
@@ -319,7 +321,12 @@ class Bridge:
             e = v.signed.envelope
             if e.kind == "events" and self.config.receipts:
                 self._receipts[e.key] = e.device
-        settled = [v.key for v in batch.forwarded if v.key not in routed]
+        settled = [
+            v.key
+            for v in batch.forwarded
+            if v.key not in routed and v.signed.envelope.kind in ("telemetry", "events")
+        ]
+        settled += [key for key in batch.confirm if not self._holds(key)]
         if settled:
             self._settled.put(settled)
         sinks = {row[0] for row in batch.spooled}
@@ -332,26 +339,39 @@ class Bridge:
             conn.ack(msg.mid, msg.qos)
         # else: the broker redelivers it on the next connection; it is then a duplicate.
 
-    def _send_receipts(self) -> None:
-        """Tell each device which of its events every routed sink has taken (best effort)."""
-        by_device: dict[str, list[str]] = {}
+    def _holds(self, envelope: str) -> bool:
+        """True while a sink still has ``envelope`` to take (its settlement confirms it then);
+        a state file that cannot be read says no: a confirmation too many costs nothing."""
+        try:
+            return self.state.holds(envelope)
+        except StoreError as exc:
+            log.warning("%s; confirming %s again now", exc, envelope)
+            return False
+
+    def _send_confirmations(self) -> None:
+        """Tell each device which of its envelopes every routed sink has taken, at most every
+        ``confirm_interval_s`` per device; events are also named (receipts). Best effort: a
+        confirmation lost makes the device publish the envelope again, and it is confirmed
+        again then."""
         while True:
             try:
                 settled = self._settled.get_nowait()
             except queue.Empty:
                 break
             for key in settled:
-                device = self._receipts.pop(key, None)
-                if device is not None:
-                    by_device.setdefault(device, []).append(key)
-        for device, keys in by_device.items():
-            fut = self._publish(topic(device, "receipts"), receipt_payload(keys))
-            fut.add_done_callback(self._receipt_done)
+                event = self._receipts.pop(key, None) is not None
+                self.confirmations.add(key, event=event)
+        if not self._connected.is_set():
+            return  # kept until the connection is back
+        for device, payload in self.confirmations.due():
+            fut = self._publish(topic(device, "receipts"), payload)
+            fut.add_done_callback(self._confirmation_done)
+            self.stats["confirmations"] += 1
 
-    def _receipt_done(self, fut: Future[None]) -> None:
+    def _confirmation_done(self, fut: Future[None]) -> None:
         if fut.exception() is not None:
-            self.stats["receipt_failures"] += 1
-            log.warning("receipt not published: %s", fut.exception())
+            self.stats["confirmation_failures"] += 1
+            log.warning("confirmation not published: %s", fut.exception())
 
     # -- revocation ------------------------------------------------------------------------------
 

@@ -180,6 +180,20 @@ class BridgeState:
             (self.window,),
         )
 
+    def holds(self, envelope: str) -> bool:
+        """True while some sink still has a record of ``envelope`` to take.
+
+        Raises:
+            StoreError: the file cannot be read.
+        """
+        try:
+            row = self._db.execute(
+                "SELECT 1 FROM spool WHERE envelope = ? LIMIT 1", (envelope,)
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"bridge state {self.path}: {exc}") from exc
+        return row is not None
+
     def depth(self) -> dict[str, int]:
         """Records waiting, per sink."""
         return _per_sink(self._db, "spool")

@@ -31,11 +31,14 @@ class BrokerSettings:
     max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES
     max_queued_bytes: int = DEFAULT_MAX_QUEUED_BYTES
     max_inflight_messages: int = 20
+    autosave_changes: int = 1  # save the database after this many changes
     log_types: tuple[str, ...] = ("error", "warning", "notice", "information")
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port {self.port} is invalid: use 1-65535")
+        if self.autosave_changes < 1:
+            raise ConfigError(f"autosave_changes {self.autosave_changes} must be >= 1")
         if self.max_queued_messages < 0 or self.max_queued_bytes < 0:
             raise ConfigError(
                 "--max-queued-messages and --max-queued-bytes must be >= 0 (0 = no limit)"
@@ -104,7 +107,12 @@ def render_conf(settings: BrokerSettings) -> str:
         f"acl_file {data / 'acl'}",
         "persistence true",
         f"persistence_location {data}/",
-        "autosave_interval 30",
+        # The most durable Mosquitto can be: save the in-memory database after every change
+        # (each queued message, subscription change or retained message), not every 30 s. It
+        # still saves after answering the client and without fsync, so a crash can lose the
+        # last moment: agents keep what no bridge has confirmed (docs/PROTOCOL.md, "Broker").
+        "autosave_on_changes true",
+        f"autosave_interval {s.autosave_changes}",
         f"max_queued_messages {s.max_queued_messages}",
         f"max_queued_bytes {s.max_queued_bytes}",
         f"max_inflight_messages {s.max_inflight_messages}",

@@ -76,9 +76,11 @@ def agent_config(
     port: int | None = None,
     mqtt: str = "reconnect_min_s: 0.2, reconnect_max_s: 2.0",
     loop: bool = False,
+    delivery: str = "broker",
 ) -> Path:
     """Write an agent.yaml for ``device`` against ``broker`` (or a relay on ``port`` in front
-    of it) replaying ``replay``."""
+    of it) replaying ``replay``. ``delivery`` is ``broker`` by default, for tests that run no
+    bridge; pass ``bridge`` (or a whole ``{mode: bridge, ...}`` mapping) with one."""
     folder = pki.identity_dir(broker.certs, "device", device)
     outbox = outbox or path.parent / f"{device}-outbox.sqlite"
     path.write_text(
@@ -94,6 +96,7 @@ buses:
 outbox: {{path: "{outbox}"}}
 mqtt: {{host: 127.0.0.1, port: {port or broker.port}, {mqtt}}}
 shutdown_timeout_s: 10
+delivery: {delivery}
 {extra}"""
     )
     return path

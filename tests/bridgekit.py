@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from canvoy.certs import pki
 from tests.agentkit import REPO
 from tests.conftest import RunningBroker, free_port
+from tests.jetstream import NatsCluster, nats_binary
 from tests.waiting import wait_for
 
 # A Standard Webhooks secret (whsec_ + base64 of 24 bytes), shared by bridge configs and receivers.
@@ -146,6 +147,19 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
     proc.wait(10)
 
 
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[NatsCluster]:
+    """Three JetStream nodes in one cluster, started for the test."""
+    try:
+        nats_binary()
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    cluster = NatsCluster(tmp_path / "nats")
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
 def bridge_config(
     path: Path,
     broker: RunningBroker,
@@ -153,7 +167,8 @@ def bridge_config(
     name: str = "b1",
     jsonl: Path | None = None,
     webhook: str | None = None,
-    nats: str | None = None,
+    nats: str | list[str] | None = None,
+    replicas: int = 1,
     extra: str = "",
 ) -> Path:
     """A bridge.yaml for identity ``bridge/name`` against ``broker``."""
@@ -172,7 +187,8 @@ def bridge_config(
         )
         events.append("desk")
     if nats is not None:
-        sinks.append(f"  stream: {{type: nats, url: '{nats}'}}")
+        urls = json.dumps(nats if isinstance(nats, list) else [nats])
+        sinks.append(f"  stream: {{type: nats, url: {urls}, replicas: {replicas}, timeout_s: 5}}")
         telemetry.append("stream")
         events.append("stream")
     path.write_text(

@@ -1,4 +1,4 @@
-"""Envelope bodies of protocol v1: columnar telemetry, events, status and receipts.
+"""Envelope bodies of protocol v1: columnar telemetry, events and status (receipts: confirm.py).
 
 Every body is a msgpack map, compressed with zstd when that makes it smaller. Parsing is bounded
 (size, nesting, container lengths) and every field's type is checked, because a bridge reads
@@ -8,7 +8,7 @@ bodies from devices it trusts only as far as their signatures go. See docs/PROTO
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any, Literal
@@ -264,23 +264,3 @@ def parse_status(content: Mapping[str, Any]) -> Status:
         if not 0 <= value <= MAX_COUNT:
             raise MalformedError(f"status field {name!r} is {value}, not 0..{MAX_COUNT}")
     return status
-
-
-# -- receipts ---------------------------------------------------------------------------------
-
-
-def receipts_content(keys: Sequence[str], delivered_ms: int) -> dict[str, Any]:
-    """The map for a receipt: the idempotency keys of events durably forwarded."""
-    return {"keys": list(keys), "delivered_ms": delivered_ms}
-
-
-def parse_receipts(content: Mapping[str, Any]) -> tuple[list[str], int]:
-    """Check a receipt body; return (keys, delivered_ms).
-
-    Raises:
-        MalformedError: a field is missing or of the wrong type.
-    """
-    keys = _get(content, "keys", list)
-    if not all(isinstance(k, str) for k in keys):
-        raise MalformedError("receipt keys must be strings")
-    return keys, _get(content, "delivered_ms", int)

@@ -81,6 +81,14 @@ mqtt:
   probe_interval_s: 0.5     # while the broker is unreachable, probe its port this often
   heartbeat_s: 60           # the retained online status again this often (canvoy fleet status)
 
+# When an envelope may leave the outbox. bridge: once a bridge confirms that its sinks took it
+# (survives broker crashes and restarts; the outbox also holds what no bridge has confirmed
+# yet). broker: at the broker's PUBACK (only for a broker that is durable on its own).
+delivery:
+  mode: bridge
+  confirm_timeout_s: 30.0   # published again, byte for byte, if not confirmed by then
+  republish_max_s: 900.0    # each republish waits twice as long as the last, up to this
+
 # Diagnostics from decoded signals (docs/CONFIG.md): DTCs broadcast in a DBC message, and
 # threshold triggers with a hold time and a freeze frame. J1939 buses also report DM1 codes.
 diagnostics:
@@ -367,6 +375,7 @@ def _status(args: argparse.Namespace) -> int:
             live = {}
     now = int(time.time() * 1000)
     c = outbox.counters
+    unconfirmed = outbox.unconfirmed
     if args.json:
         report = {
             "device": config.device,
@@ -374,6 +383,10 @@ def _status(args: argparse.Namespace) -> int:
             "bytes": outbox.bytes,
             "events_pending": outbox.events,
             "oldest_unsent_ms": outbox.oldest_ms,
+            "delivery": config.delivery.mode,
+            "unconfirmed": unconfirmed.count,
+            "unconfirmed_bytes": unconfirmed.bytes,
+            "oldest_unconfirmed_sent_ms": unconfirmed.oldest_sent_ms,
             "rejected": outbox.rejected,
             "counters": c,
             "agent": live,
@@ -408,8 +421,12 @@ def _status(args: argparse.Namespace) -> int:
         f"outbox            {config.outbox.path}",
         f"  waiting         {outbox.depth} envelope(s), {outbox.bytes} bytes "
         f"({outbox.events} event envelope(s))",
-        f"  oldest unsent   {_age(outbox.oldest_ms, now)}",
-        f"  acknowledged    {c.get('acked', 0)}, last {_age(last_ack, now)}",
+        f"  unsent          {outbox.depth - unconfirmed.count} envelope(s), oldest "
+        f"{_age(outbox.oldest_ms, now)}",
+        f"  unconfirmed     {unconfirmed.count} envelope(s) sent and not yet confirmed by a "
+        f"bridge, oldest sent {_age(unconfirmed.oldest_sent_ms, now)}",
+        f"  acknowledged    {c.get('acked', 0)} by the broker, last {_age(last_ack, now)}",
+        f"  confirmed       {c.get('confirmed', 0)} by a bridge (delivery: {config.delivery.mode})",
         f"  evicted         {c.get('evicted', 0)} ({c.get('evicted_bytes', 0)} bytes, "
         f"{c.get('evicted_events', 0)} events)",
         f"  rejected        {outbox.rejected} (refused by the broker; kept in the outbox file)",

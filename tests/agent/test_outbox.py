@@ -11,6 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from canvoy.agent.outbox import Outbox, OutboxConfig, open_status
+from canvoy.agent.unconfirmed import DeliveryConfig
 from canvoy.errors import StoreError
 from canvoy.wire.envelope import unpack, verify
 
@@ -19,11 +20,13 @@ KEY = ec.generate_private_key(ec.SECP256R1())
 
 
 def _open(path: Path, max_bytes: int = 64 * MiB, page_limit: int | None = None) -> Outbox:
+    """An outbox whose rows leave at the PUBACK (tests/agent/test_unconfirmed.py: the other)."""
     return Outbox(
         OutboxConfig(path=path, max_bytes=max_bytes),
         device="car-1",
         boot=os.urandom(16),
         key=KEY,
+        delivery=DeliveryConfig(mode="broker"),
         page_limit=page_limit,
     )
 

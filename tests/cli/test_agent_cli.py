@@ -56,7 +56,9 @@ def test_init_writes_a_config_that_runs_as_is(broker: RunningBroker, tmp_path: P
         assert run.returncode == 0, run.stderr
         status = canvoy("agent", "status", "--config", str(config))
         assert status.returncode == 0, status.stderr
-        assert "waiting         0 envelope(s)" in status.stdout
+        # No bridge runs here: all was sent, and all waits for a bridge's confirmation.
+        assert "unsent          0 envelope(s)" in status.stdout
+        assert "confirmed       0 by a bridge (delivery: bridge)" in status.stdout
         assert "not running" in status.stdout
         wait_for(lambda: len(recorder.seqs) >= 1, what="the replay's batches")
         recorder.check_contiguous()

@@ -34,6 +34,7 @@ SECTIONS: dict[str, tuple[type[Any], str]] = {
     "`triggers`": (AgentConfig, "diagnostics.triggers"),
     "`outbox`": (AgentConfig, "outbox"),
     "`mqtt`": (AgentConfig, "mqtt"),
+    "`delivery`": (AgentConfig, "delivery"),
     "Agent: `buses`": (AgentConfig, "buses"),
     "`obd`": (AgentConfig, "buses.obd"),
     "Bridge (`bridge.yaml`)": (BridgeConfig, ""),

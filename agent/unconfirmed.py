@@ -1,0 +1,159 @@
+"""Envelopes the broker acknowledged and no bridge has confirmed yet: kept, republished, counted.
+
+With ``delivery: bridge`` a PUBACK does not delete a row: it stamps ``sent_ms`` (the first
+acknowledgement) and ``due_ms`` (when to publish it again, byte for byte, if no bridge has
+confirmed it by then). Each republish doubles the wait, up to ``republish_max_s``, so that a
+bridge that is down for hours does not get the same envelope queued for it every few seconds.
+A bridge's confirmation (``canvoy.wire.confirm``) deletes the rows it names. With
+``delivery: broker`` the PUBACK deletes the row, as the outbox always did.
+
+These functions run inside the outbox's lock and transactions (``agent/outbox.py``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal
+
+from canvoy.errors import ConfigError
+from canvoy.wire.envelope import unpack
+from canvoy.wire.errors import EnvelopeError
+from canvoy.wire.topics import Kind
+
+Mode = Literal["bridge", "broker"]
+MAX_DOUBLINGS = 20
+_COLUMNS = {
+    "boot": "BLOB",
+    "sent_ms": "INTEGER",  # the first PUBACK; NULL: never acknowledged by the broker
+    "due_ms": "INTEGER",  # when it is published again unless confirmed first
+    "attempts": "INTEGER NOT NULL DEFAULT 0",  # PUBACKs so far
+}
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS outbox_unsent ON outbox (priority, seq) WHERE sent_ms IS NULL;
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (due_ms) WHERE due_ms IS NOT NULL;
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeliveryConfig:
+    """When an envelope may leave the outbox; see docs/CONFIG.md (delivery)."""
+
+    mode: Mode = "bridge"
+    confirm_timeout_s: float = 30.0
+    republish_max_s: float = 900.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("bridge", "broker"):
+            raise ConfigError(f"must be bridge or broker, got {self.mode!r}", key="mode")
+        if not 0.5 <= self.confirm_timeout_s <= 86400:
+            raise ConfigError(
+                f"must be 0.5..86400 seconds, got {self.confirm_timeout_s}",
+                key="confirm_timeout_s",
+            )
+        if not self.confirm_timeout_s <= self.republish_max_s <= 7 * 86400:
+            raise ConfigError(
+                f"must be confirm_timeout_s..604800 seconds, got {self.republish_max_s}",
+                key="republish_max_s",
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Unconfirmed:
+    """Envelopes sent (acknowledged by the broker) and not yet confirmed by a bridge."""
+
+    count: int
+    bytes: int
+    oldest_sent_ms: int | None
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Add the delivery columns to an outbox made before them; name each old row's boot."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+    for name, decl in _COLUMNS.items():
+        if name not in have:
+            db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {decl}")
+    db.executescript(_INDEXES)
+    rows = db.execute("SELECT seq, payload FROM outbox WHERE boot IS NULL").fetchall()
+    named = []
+    for seq, payload in rows:
+        try:
+            named.append((unpack(bytes(payload)).envelope.boot, seq))
+        except EnvelopeError:
+            continue  # cannot be confirmed by boot; it stays until evicted or rejected
+    db.executemany("UPDATE outbox SET boot = ? WHERE seq = ?", named)
+
+
+def mark_sent(
+    db: sqlite3.Connection, seqs: Iterable[int], now_ms: int, config: DeliveryConfig
+) -> None:
+    """Stamp acknowledged rows with their first PUBACK and when they are due again."""
+    db.executemany(
+        "UPDATE outbox SET sent_ms = COALESCE(sent_ms, :now), attempts = attempts + 1, "
+        "due_ms = :now + MIN(:wait * (1 << MIN(attempts, :doublings)), :most) WHERE seq = :seq",
+        [
+            {
+                "now": now_ms,
+                "wait": int(config.confirm_timeout_s * 1000),
+                "most": int(config.republish_max_s * 1000),
+                "doublings": MAX_DOUBLINGS,
+                "seq": seq,
+            }
+            for seq in seqs
+        ],
+    )
+
+
+def due(db: sqlite3.Connection, now_ms: int, limit: int) -> list[tuple[int, Kind, bytes]]:
+    """Unconfirmed rows whose wait is over, the longest-waiting first."""
+    return db.execute(
+        "SELECT seq, kind, payload FROM outbox WHERE due_ms IS NOT NULL AND due_ms <= ? "
+        "ORDER BY due_ms LIMIT ?",
+        (now_ms, limit),
+    ).fetchall()
+
+
+def unsent(db: sqlite3.Connection, limit: int) -> list[tuple[int, Kind, bytes]]:
+    """Rows never acknowledged by the broker: events first, then oldest first."""
+    return db.execute(
+        "SELECT seq, kind, payload FROM outbox WHERE sent_ms IS NULL "
+        "ORDER BY priority, seq LIMIT ?",
+        (limit,),
+    ).fetchall()
+
+
+def confirm(
+    db: sqlite3.Connection, ranges: Iterable[tuple[bytes, int, int]], delivered_ms: int
+) -> tuple[int, int]:
+    """Delete the rows a bridge confirmed and mark its events delivered; return (rows, bytes)."""
+    rows = size = 0
+    for boot, first, last in ranges:
+        n, b = db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox "
+            "WHERE seq BETWEEN ? AND ? AND boot = ?",
+            (first, last, boot),
+        ).fetchone()
+        if n:
+            db.execute(
+                "DELETE FROM outbox WHERE seq BETWEEN ? AND ? AND boot = ?", (first, last, boot)
+            )
+        db.execute(
+            "UPDATE events SET delivered_ms = ? WHERE seq BETWEEN ? AND ? AND boot = ? "
+            "AND delivered_ms IS NULL",
+            (delivered_ms, first, last, boot.hex()),
+        )
+        rows, size = rows + int(n), size + int(b)
+    return rows, size
+
+
+def read_unconfirmed(db: sqlite3.Connection) -> Unconfirmed:
+    """Count and age of the sent-but-unconfirmed rows (zero for an outbox made before them)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+    if "sent_ms" not in have:
+        return Unconfirmed(0, 0, None)
+    count, size, oldest = db.execute(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0), MIN(sent_ms) FROM outbox "
+        "WHERE sent_ms IS NOT NULL"
+    ).fetchone()
+    return Unconfirmed(int(count), int(size), oldest)
