@@ -50,7 +50,8 @@ batch_max_bytes: 1048576    # payload bytes per batch at most
 verify_workers: null        # verifying processes; null: one per core (at most 4), 0: none
 quarantine: {quarantine}    # rejected messages (JSON Lines); the state file lives beside it
 status_file: null           # a JSON file with the counters, rewritten every 10 s
-receipts: true              # publish delivery receipts for events to canvoy/v1/<device>/receipts
+receipts: true              # name events in the confirmations (devices' delivery receipts)
+confirm_interval_s: 1.0     # confirmations to one device at most this often (ranges per boot)
 
 # Prometheus metrics at http://127.0.0.1:9732/metrics (docs/OPERATIONS.md); off unless enabled.
 metrics:
@@ -193,7 +194,9 @@ def _init(args: argparse.Namespace) -> int:
             "    stream: CANVOY              # created when missing\n"
             "    subject_prefix: canvoy      # subjects <prefix>.<kind>.<device>\n"
             "    duplicate_window_s: 86400.0 # JetStream drops a redelivered record this long\n"
-            "    timeout_s: 10.0\n"
+            "    replicas: 1                 # copies of a stream it creates (3 on a cluster)\n"
+            "    timeout_s: 10.0             # wait for a connection or a publish acknowledgement\n"
+            "    reconnect_wait_s: 1.0       # pause before trying the next server\n"
         )
         telemetry.append("stream")
         events.append("stream")
