@@ -28,6 +28,13 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--data", type=Path, help="state directory (default CERTS/broker-data)")
     parser.add_argument("--max-queued-messages", type=int, default=DEFAULT_MAX_QUEUED_MESSAGES)
     parser.add_argument("--max-queued-bytes", type=int, default=DEFAULT_MAX_QUEUED_BYTES)
+    parser.add_argument(
+        "--autosave-changes",
+        type=int,
+        default=1,
+        help="save the persistence file after this many changes (default 1, the most durable; "
+        "see docs/CONFIG.md for its cost while messages queue)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -39,5 +46,6 @@ def _run(args: argparse.Namespace) -> int:
         data=args.data or data_dir_default(args.certs),
         max_queued_messages=args.max_queued_messages,
         max_queued_bytes=args.max_queued_bytes,
+        autosave_changes=args.autosave_changes,
     )
     return run_foreground(settings)
