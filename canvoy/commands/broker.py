@@ -50,6 +50,14 @@ def add_parser(sub: Any) -> None:
         metavar="N",
         help=f"the same bound in bytes (0: no limit; default {DEFAULT_MAX_QUEUED_BYTES:,})",
     )
+    parser.add_argument(
+        "--autosave-changes",
+        type=int,
+        default=1,
+        metavar="N",
+        help="save the persistence file after this many changes (default 1, the most durable; "
+        "see docs/CONFIG.md for its cost while messages queue)",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -61,5 +69,6 @@ def _run(args: argparse.Namespace) -> int:
         data=args.data or data_dir_default(args.certs),
         max_queued_messages=args.max_queued_messages,
         max_queued_bytes=args.max_queued_bytes,
+        autosave_changes=args.autosave_changes,
     )
     return run_foreground(settings)
