@@ -29,6 +29,15 @@ INSTALL_HINT = (
 )
 
 
+def _with_parent(command: list[str]) -> list[str]:
+    """``command`` run so that Linux sends it SIGTERM (Mosquitto saves and exits) when the
+    process that started it dies, even by SIGKILL: a killed supervisor never leaves an orphan
+    broker holding the port. util-linux's setpriv sets that and executes the command; where it
+    is missing the command runs as it is."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *command] if setpriv else command
+
+
 def find_mosquitto() -> str:
     """The path of the mosquitto binary (Debian puts it in /usr/sbin, off a user's PATH).
 
@@ -86,7 +95,8 @@ class Broker:
         """
         binary = find_mosquitto()
         conf = write_config(self.settings)
-        self._proc = subprocess.Popen([binary, "-c", str(conf)], stdout=log, stderr=log)
+        command = _with_parent([binary, "-c", str(conf)])
+        self._proc = subprocess.Popen(command, stdout=log, stderr=log)
         self.wait_ready(ready_timeout_s)
 
     def wait_ready(self, timeout_s: float) -> None:
