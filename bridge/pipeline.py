@@ -20,7 +20,7 @@ from canvoy.bridge.config import BridgeConfig
 from canvoy.bridge.quarantine import Quarantine
 from canvoy.bridge.records import Record, records
 from canvoy.bridge.tickets import Ticketing
-from canvoy.bridge.verify import Verified, Verifier
+from canvoy.bridge.verify import StatusOrder, Verified, Verifier, status_order
 from canvoy.bridge.workers import Job, Outcome, VerifyPool, public_bytes
 from canvoy.transport.mqtt import Connection, Message
 from canvoy.wire import body
@@ -39,7 +39,7 @@ class Batch:
     """What one batch of messages comes to: the state to write, then the messages to ack."""
 
     admitted: list[tuple[str, bytes, int]] = field(default_factory=list)
-    statuses: list[tuple[str, int]] = field(default_factory=list)
+    statuses: list[tuple[str, StatusOrder]] = field(default_factory=list)
     certs: list[tuple[str, str]] = field(default_factory=list)
     spooled: list[tuple[str, str, str, str, str, str]] = field(default_factory=list)
     dead: list[tuple[str, str, str, str, str, str, str]] = field(default_factory=list)
@@ -187,7 +187,7 @@ class Pipeline:
             return None
         if isinstance(verified.parsed, body.Status):
             e = verified.signed.envelope
-            out.statuses.append((e.device, e.created_ms))
+            out.statuses.append((e.device, status_order(e.created_ms, verified.parsed)))
             out.certs.append((e.device, verified.parsed.cert_pem))
         return received, verified, None
 

@@ -3,7 +3,8 @@ no sink could ever take. It survives restarts, so a restarted bridge forwards no
 
 Tables:
     seen      device, boot, seq of every admitted envelope (the replay window, pruned to it)
-    status    the newest status ``created_ms`` per device (an older birth changes nothing)
+    status    the newest status per device, by its order (verify.StatusOrder: connection start,
+              offline after online, creation time); an older one changes nothing
     certs     the device certificates learned from births, so a restarted bridge knows the keys
               before the retained births come back (they arrive after the session's backlog)
     spool     records waiting for one sink, in order; a row goes when the sink took it
@@ -28,7 +29,9 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
     device TEXT NOT NULL, boot BLOB NOT NULL, seq INTEGER NOT NULL, at_ns INTEGER NOT NULL,
     PRIMARY KEY (device, boot, seq)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS status (device TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS status (
+    device TEXT PRIMARY KEY, created_ms INTEGER NOT NULL,
+    connected_ms INTEGER, offline INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS certs (
     device TEXT NOT NULL, pem TEXT NOT NULL, PRIMARY KEY (device, pem));
 CREATE TABLE IF NOT EXISTS spool (
@@ -66,6 +69,10 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")  # acknowledged to the broker = on disk
         db.executescript(_SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(status)")}
+        if "connected_ms" not in columns:  # a state file from before the status order
+            db.execute("ALTER TABLE status ADD COLUMN connected_ms INTEGER")
+            db.execute("ALTER TABLE status ADD COLUMN offline INTEGER NOT NULL DEFAULT 0")
     except (OSError, sqlite3.Error) as exc:
         raise StoreError(f"bridge state {path} cannot be used: {exc}") from exc
     return db
@@ -108,9 +115,14 @@ class BridgeState:
         window keeps a device's most recent boots)."""
         yield from self._db.execute("SELECT device, boot, seq FROM seen ORDER BY at_ns, seq")
 
-    def statuses(self) -> dict[str, int]:
-        """The newest status time per device."""
-        return dict(self._db.execute("SELECT device, created_ms FROM status"))
+    def statuses(self) -> dict[str, tuple[int, int, int]]:
+        """The newest status's order per device: (connection start, offline, created_ms)."""
+        rows = self._db.execute(
+            "SELECT device, coalesce(connected_ms, created_ms), offline, created_ms FROM status"
+        )
+        return {
+            device: (connected, offline, created) for device, connected, offline, created in rows
+        }
 
     def certs(self) -> list[tuple[str, str]]:
         """Every (device, certificate PEM) learned so far."""
@@ -124,7 +136,7 @@ class BridgeState:
         self,
         *,
         admitted: Sequence[tuple[str, bytes, int]] = (),
-        statuses: Sequence[tuple[str, int]] = (),
+        statuses: Sequence[tuple[str, tuple[int, int, int]]] = (),
         certs: Sequence[tuple[str, str]] = (),
         spooled: Sequence[tuple[str, str, str, str, str, str]] = (),
         dead: Sequence[tuple[str, str, str, str, str, str, str]] = (),
@@ -144,9 +156,14 @@ class BridgeState:
                     f"INSERT OR IGNORE INTO seen VALUES (?, ?, ?, {at_ns})", admitted
                 )
                 self._db.executemany(
-                    "INSERT INTO status VALUES (?, ?) ON CONFLICT(device) DO UPDATE "
-                    "SET created_ms = max(created_ms, excluded.created_ms)",
-                    statuses,
+                    "INSERT INTO status (device, connected_ms, offline, created_ms) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT(device) DO UPDATE SET "
+                    "connected_ms = excluded.connected_ms, offline = excluded.offline, "
+                    "created_ms = excluded.created_ms WHERE "
+                    "(excluded.connected_ms, excluded.offline, excluded.created_ms) > "
+                    "(coalesce(status.connected_ms, status.created_ms), status.offline, "
+                    "status.created_ms)",
+                    [(device, *order) for device, order in statuses],
                 )
                 self._db.executemany("INSERT OR IGNORE INTO certs VALUES (?, ?)", certs)
                 self._db.executemany(

@@ -107,6 +107,21 @@ _PARSERS: dict[str, Callable[[Mapping[str, Any]], Parsed]] = {
 }
 
 
+StatusOrder = tuple[int, int, int]  # (connection start, 1 if offline, created_ms)
+
+
+def status_order(created_ms: int, status: body.Status) -> StatusOrder:
+    """Which of two statuses of a device is newer (PROTOCOL.md, *Status*).
+
+    A connection's last will is signed when the connection begins, before its birth and its
+    heartbeats, yet it is the newest word on that connection once the broker publishes it. So
+    statuses are ordered by the connection they speak of first (``connected_ms``; the creation
+    time for agents that do not send it), then offline after online, then by creation time.
+    """
+    connected = created_ms if status.connected_ms is None else status.connected_ms
+    return connected, int(status.state == "offline"), created_ms
+
+
 class Verifier:
     """Checks messages against the trusted device keys and the replay window."""
 
@@ -114,7 +129,7 @@ class Verifier:
         self.keys = keys
         self.window = window or ReplayWindow()
         self._status_lock = threading.Lock()
-        self._status_ms: dict[str, int] = {}  # the newest status per device (docs/PROTOCOL.md)
+        self._status: dict[str, StatusOrder] = {}  # the newest status per device
 
     def check(self, topic: str, payload: bytes, *, admit: bool = True) -> Verified:
         """Verify ``payload`` received on ``topic``; learn the key from a status message.
@@ -135,7 +150,7 @@ class Verifier:
             return [k.key for k in self.keys.require(device)]
 
         verified = check_envelope(topic, payload, keys_for)
-        if candidate:
+        if candidate and isinstance(verified.parsed, body.Status):
             # The key rule does not depend on the status's time (PROTOCOL.md, "Keys"): a valid
             # certificate whose status verified is trusted, and an older one teaches nothing new.
             self.keys.trust(candidate[0])
@@ -146,22 +161,24 @@ class Verifier:
                     f"{e.device}: status created {ahead_ms // 1000} s ahead of this bridge's "
                     "clock; it is not taken as the device's newest"
                 )
+            order = status_order(e.created_ms, verified.parsed)
             with self._status_lock:
-                newest = self._status_ms.get(e.device, -1)
-                if e.created_ms > newest:
-                    self._status_ms[e.device] = e.created_ms
-            if e.created_ms <= newest:
+                newest = self._status.get(e.device)
+                if newest is None or order > newest:
+                    self._status[e.device] = order
+            if newest is not None and order <= newest:
                 raise DuplicateError(
-                    f"{e.device}: status of {e.created_ms} is not newer than {newest}"
+                    f"{e.device}: status {order} is not newer than {newest} "
+                    "(connection start, offline, created)"
                 )
         if admit:
             self.admit(verified)
         return verified
 
-    def restore_statuses(self, newest: Mapping[str, int]) -> None:
-        """Remember the newest status time per device (from the bridge's state file)."""
+    def restore_statuses(self, newest: Mapping[str, StatusOrder]) -> None:
+        """Remember the newest status per device (from the bridge's state file)."""
         with self._status_lock:
-            self._status_ms.update(newest)
+            self._status.update(newest)
 
     def admit(self, verified: Verified) -> None:
         """Apply the replay window to an envelope verified elsewhere (e.g. a worker process).
