@@ -140,12 +140,19 @@ def records(verified: Verified) -> list[Record]:
             out.append(Record(key, e.device, e.kind, data))
         return out
     status = parsed
+    # Every status of a boot has seq 0: its time and state tell one from another (a birth, its
+    # heartbeats and the last will), so that no sink drops a later one as a repeat.
+    key = f"{e.key}:{e.created_ms}:{status.state}"
     data = {
         **head,
-        "key": e.key,
+        "key": key,
         "state": status.state,
         "agent": status.agent,
         "policy": status.policy,
         "outbox": status.outbox_depth,
+        "connected_ms": status.connected_ms,
+        "heartbeat_s": status.heartbeat_s,
+        "overdue": status.overdue,
+        "lost": status.lost,
     }
-    return [Record(e.key, e.device, e.kind, data)]
+    return [Record(key, e.device, e.kind, data)]
