@@ -9,11 +9,11 @@ import time
 from typing import Any
 
 from rich import box
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from canvoy.certs import pki
+from canvoy.commands.console import CommandConsole
 from canvoy.commands.options import add_broker, add_certs, parse_broker
 from canvoy.errors import ConfigError
 from canvoy.fleet import QUIET_S, DeviceState, FleetWatch, watch
@@ -145,7 +145,7 @@ def _status(args: argparse.Namespace) -> int:
     fleet = FleetWatch(client_id=name, tls=tls, crl=crl if crl.exists() else None)
     fleet.connect(host, port)
     # Piped, the table keeps its natural width (no wrapping, no cut names) and plain lines.
-    console = Console() if sys.stdout.isatty() else Console(width=1000, no_color=True)
+    console = CommandConsole() if sys.stdout.isatty() else CommandConsole(width=1000, no_color=True)
     try:
         fleet.settle(QUIET_S)
         if not args.watch:
