@@ -131,7 +131,8 @@ def _document(fleet: FleetWatch, states: list[DeviceState]) -> str:
         {
             "generated_ms": int(time.time() * 1000),
             "devices": [s.as_json() for s in states],
-            "rejected": fleet.rejected,
+            "rejected": list(fleet.rejected),
+            "rejected_total": fleet.rejected_total,
         }
     )
 
@@ -153,7 +154,7 @@ def _status(args: argparse.Namespace) -> int:
             if args.json:
                 sys.stdout.write(_document(fleet, states) + "\n")
             else:
-                console.print(_table(states, len(fleet.rejected)))
+                console.print(_table(states, fleet.rejected_total))
             return 0
         if args.json:
 
@@ -165,7 +166,7 @@ def _status(args: argparse.Namespace) -> int:
         with Live(console=console, auto_refresh=False) as live:
 
             def refresh(states: list[DeviceState]) -> None:
-                live.update(_table(states, len(fleet.rejected)), refresh=True)
+                live.update(_table(states, fleet.rejected_total), refresh=True)
 
             watch(fleet, args.interval, refresh, args.stale_after)
     except KeyboardInterrupt:
