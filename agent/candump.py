@@ -50,9 +50,8 @@ def read_stream(
         stats.bad_lines += 1
         log.debug("%s: line skipped, neither candump format: %r", name, line[:80])
     if stats.frames == first:
-        raise DecodeError(
-            f"{name} has no readable frame ({stats.bad_lines} line(s) not understood): {EXPECTED}"
-        )
+        why = f"{stats.bad_lines} line(s) not understood" if stats.bad_lines else "it was empty"
+        raise DecodeError(f"{name} has no readable frame ({why}): {EXPECTED}")
 
 
 def _is_candump_log(line: str) -> bool:

@@ -163,7 +163,7 @@ def read_log(path: Path, stats: ReplayStats | None = None) -> Iterator[can.Messa
     stats = stats if stats is not None else ReplayStats()
     path = Path(path)
     if not path.is_file():
-        raise DecodeError(f"log {str(path)!r} does not exist")
+        raise DecodeError(_not_a_log(path))
     first = stats.frames
     if path.suffix.lower() == ".log":
         yield from _read_candump(path, stats)
@@ -174,6 +174,18 @@ def read_log(path: Path, stats: ReplayStats | None = None) -> Iterator[can.Messa
             f"{str(path)!r} has no readable frame: expected a {_format(path)} log"
             + (f" ({stats.errors[-1]})" if stats.errors else "")
         )
+
+
+def _not_a_log(path: Path) -> str:
+    """Why ``path``, which is not a regular file, cannot be read as a log, and what to do."""
+    if not path.exists():
+        return f"log {str(path)!r} does not exist"
+    if path.is_dir():
+        return f"log {str(path)!r} is a directory: name a log file in it"
+    return (
+        f"log {str(path)!r} is not a regular file (a pipe or a device): "
+        "send candump text to standard input and name the log '-'"
+    )
 
 
 def _read_other(path: Path, stats: ReplayStats) -> Iterator[can.Message]:

@@ -2,12 +2,14 @@
 
 Exit codes: 0 done, 1 a runtime failure (a broker, a disk, a sink, a failed check), 2 a usage or
 configuration error (argparse's own, and every ``canvoy.errors.UsageError``), 130 interrupted.
+A reader of stdout that goes away (``canvoy certs list --json | head``) ends canvoy quietly with 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -104,11 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         code: int = args.func(args)
+        sys.stdout.flush()  # here, where a closed pipe is still ours to handle
     except CanvoyError as exc:
         _fail(f"canvoy {args.command}: error: {exc}", json_logs=log_format == "json")
         return exit_code(exc)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # the reader went away (``| head``): stop quietly, as Unix tools do
+        _drop_stdout()
+        return EXIT_OK  # what was written was read as far as the reader wanted
     except Exception as exc:  # a bug: one line for the user, the traceback at -vv
         logging.getLogger("canvoy").debug("unexpected error", exc_info=True)
         _fail(
@@ -118,6 +124,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_FAILURE
     return code
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush of what is still
+    buffered for the closed pipe does not fail again on the way out."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 def _fail(line: str, *, json_logs: bool) -> None:

@@ -52,16 +52,51 @@ def read_yaml(path: Path, what: str) -> object:
     """Parse the YAML file ``path`` (a ``what``, e.g. "agent config", for messages).
 
     Raises:
-        ConfigError: the file cannot be read or is not YAML.
+        ConfigError: the file cannot be read, is not YAML, or gives a key twice in one
+            mapping (YAML would keep the last silently: a ``metrics:`` line added at the end
+            of a file that has a ``metrics:`` section).
     """
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_unique_keys_loader())  # a SafeLoader
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{what} {str(path)!r} is not valid YAML: {_one_line(exc)}") from exc
+
+
+def _one_line(exc: Exception) -> str:
+    """A PyYAML error as one line: where, then what (its own text spans several lines)."""
+    import yaml
+
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}"
+    return " ".join(str(exc).split())
+
+
+def _unique_keys_loader() -> type:
+    """PyYAML's SafeLoader, refusing a mapping that gives one key twice."""
+    import yaml
+
+    class UniqueKeysLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+            first: dict[object, yaml.Mark] = {}
+            for key_node, _value in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, str | int | float | bool) and key in first:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} is given twice (first on line {first[key].line + 1}): "
+                        "keep one",
+                        key_node.start_mark,
+                    )
+                first.setdefault(key, key_node.start_mark)
+            return super().construct_mapping(node, deep)
+
+    return UniqueKeysLoader
 
 
 def _join(path: str, key: str) -> str:

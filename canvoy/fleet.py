@@ -20,6 +20,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from canvoy.wire.topics import PREFIX
 STALE_HEARTBEATS = 3  # missed heartbeats before a device that said online counts as silent
 QUIET_S = 0.5  # after the last retained message: the broker has sent them all
 WAIT_MAX_S = 10.0
+REJECTED_KEPT = 20  # the newest rejections a view shows; a device sending junk cannot grow it
 
 Cause = Literal["connected", "heartbeat", "goodbye", "lost", "silent"]
 
@@ -129,7 +131,8 @@ class FleetWatch:
         self._inbox: queue.Queue[tuple[Message, int]] = queue.Queue()
         self._conn = Connection(client_id=client_id, tls=tls.context(), on_message=self._received)
         self.sightings: dict[str, Sighting] = {}
-        self.rejected: list[str] = []
+        self.rejected: deque[str] = deque(maxlen=REJECTED_KEPT)  # the newest
+        self.rejected_total = 0
         self._settled = threading.Event()  # the retained burst is over
 
     def _received(self, msg: Message) -> None:
@@ -194,14 +197,14 @@ class FleetWatch:
         try:
             verified = check_envelope(msg.topic, bytes(msg.payload), own_certificate)
         except EnvelopeError as exc:
-            self.rejected.append(f"{msg.topic}: {exc.reason}: {exc}")
+            self._reject(f"{msg.topic}: {exc.reason}: {exc}")
             return
         status = verified.parsed
         assert isinstance(status, body.Status)
         e = verified.signed.envelope
         if e.created_ms > at_ms + MAX_FUTURE_MS:
             # As for a bridge: a status dated far ahead would keep a dead device "online".
-            self.rejected.append(
+            self._reject(
                 f"{msg.topic}: malformed: status dated {(e.created_ms - at_ms) // 1000} s ahead "
                 "of this clock"
             )
@@ -213,6 +216,10 @@ class FleetWatch:
             received_ms=at_ms,
             live=self._settled.is_set(),
         )
+
+    def _reject(self, line: str) -> None:
+        self.rejected.append(line)
+        self.rejected_total += 1
 
     def states(
         self, now_ms: int | None = None, stale_after_s: float | None = None

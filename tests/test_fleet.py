@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from canvoy.fleet import Sighting, judge
+from canvoy.certs import pki
+from canvoy.fleet import REJECTED_KEPT, FleetWatch, Sighting, judge
+from canvoy.transport.mqtt import Message
 from canvoy.wire import body
 from canvoy.wire.errors import MalformedError
 
@@ -121,3 +125,17 @@ def test_bad_optional_fields_are_malformed(field: str, value: object) -> None:
     content = {"state": "online", "agent": "a", "policy": "p", "cert": "c", "outbox": 0}
     with pytest.raises(MalformedError):
         body.parse_status({**content, field: value})
+
+
+def test_a_device_sending_junk_cannot_grow_the_view(pki_dir: Path) -> None:
+    """`fleet status --watch --json` printed every rejection ever seen, in every document."""
+    fleet = FleetWatch(client_id="ops", tls=pki.tls_files(pki_dir, "operator", "ops"), crl=None)
+    for n in range(REJECTED_KEPT * 10):
+        junk = Message(topic=b"canvoy/v1/car-1/status")
+        junk.payload = f"junk {n}".encode()
+        fleet._received(junk)  # as paho delivers it
+    assert fleet.poll(1.0)
+    assert fleet.rejected_total == REJECTED_KEPT * 10
+    assert len(fleet.rejected) == REJECTED_KEPT
+    assert "canvoy/v1/car-1/status: malformed" in fleet.rejected[-1]
+    assert fleet.states() == []

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from canvoy.agent.config import AgentConfig, load_config
-from canvoy.agent.outbox import EventStatus, open_status
+from canvoy.agent.outbox import EventStatus, OutboxStatus, open_status
 from canvoy.agent.policy import load_policy
 from canvoy.agent.service import Agent, status_path
 from canvoy.certs import pki
@@ -370,10 +370,30 @@ def _status(args: argparse.Namespace) -> int:
     live: dict[str, Any] = {}
     if live_path.exists():
         try:
-            live = json.loads(live_path.read_text())
+            read = json.loads(live_path.read_text())
         except (OSError, ValueError):
-            live = {}
+            read = {}
+        live = read if isinstance(read, dict) else {}
     now = int(time.time() * 1000)
+    try:
+        return _show(args, config, outbox, live, now)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        # The live file is the agent's, rewritten while it runs: one that is damaged (a value
+        # of the wrong type) costs only its own lines; the outbox has the durable counts.
+        print(
+            f"warning: {live_path} is damaged ({type(exc).__name__}: {exc}): shown without it",
+            file=sys.stderr,
+        )
+        return _show(args, config, outbox, {}, now)
+
+
+def _show(
+    args: argparse.Namespace,
+    config: AgentConfig,
+    outbox: OutboxStatus,
+    live: dict[str, Any],
+    now: int,
+) -> int:
     c = outbox.counters
     unconfirmed = outbox.unconfirmed
     if args.json:

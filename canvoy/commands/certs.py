@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
 from canvoy.certs import enrol, health, pki
+from canvoy.commands.console import CommandConsole
 from canvoy.errors import PKIError
 
 
@@ -313,7 +313,7 @@ def _list(args: argparse.Namespace) -> int:
         json.dump(doc, sys.stdout, indent=1)
         sys.stdout.write("\n")
         return 0
-    console = Console(width=160)
+    console = CommandConsole(width=160)
     console.print(
         f"fleet CA {pki.ca_cert_path(args.certs)}: valid until "
         f"{ca.not_valid_after_utc:%Y-%m-%d} ({_days_left(ca.not_valid_after_utc, now):.0f} days)"

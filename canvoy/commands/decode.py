@@ -189,10 +189,7 @@ def _run(args: argparse.Namespace) -> int:
             written += 1
             if args.log == STDIN and not args.output:
                 out.flush()  # a live candump: each frame as it comes
-    except BrokenPipeError:
-        sys.stderr.close()
-        return 0
-    finally:
+    finally:  # a closed stdout (| head) goes up to the CLI, which ends quietly
         if progress is not None:
             progress.stop()
         if args.output:

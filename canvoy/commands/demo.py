@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-
+from canvoy.commands.console import CommandConsole
 from canvoy.demo import run_demo
 
 
@@ -31,4 +30,4 @@ def add_parser(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    return run_demo(args.workdir, Console(highlight=False, soft_wrap=True))
+    return run_demo(args.workdir, CommandConsole(highlight=False, soft_wrap=True))

@@ -9,11 +9,11 @@ import time
 from typing import Any
 
 from rich import box
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from canvoy.certs import pki
+from canvoy.commands.console import CommandConsole
 from canvoy.commands.options import add_broker, add_certs, parse_broker
 from canvoy.errors import ConfigError
 from canvoy.fleet import QUIET_S, DeviceState, FleetWatch, watch
@@ -131,7 +131,8 @@ def _document(fleet: FleetWatch, states: list[DeviceState]) -> str:
         {
             "generated_ms": int(time.time() * 1000),
             "devices": [s.as_json() for s in states],
-            "rejected": fleet.rejected,
+            "rejected": list(fleet.rejected),
+            "rejected_total": fleet.rejected_total,
         }
     )
 
@@ -145,7 +146,7 @@ def _status(args: argparse.Namespace) -> int:
     fleet = FleetWatch(client_id=name, tls=tls, crl=crl if crl.exists() else None)
     fleet.connect(host, port)
     # Piped, the table keeps its natural width (no wrapping, no cut names) and plain lines.
-    console = Console() if sys.stdout.isatty() else Console(width=1000, no_color=True)
+    console = CommandConsole() if sys.stdout.isatty() else CommandConsole(width=1000, no_color=True)
     try:
         fleet.settle(QUIET_S)
         if not args.watch:
@@ -153,7 +154,7 @@ def _status(args: argparse.Namespace) -> int:
             if args.json:
                 sys.stdout.write(_document(fleet, states) + "\n")
             else:
-                console.print(_table(states, len(fleet.rejected)))
+                console.print(_table(states, fleet.rejected_total))
             return 0
         if args.json:
 
@@ -165,7 +166,7 @@ def _status(args: argparse.Namespace) -> int:
         with Live(console=console, auto_refresh=False) as live:
 
             def refresh(states: list[DeviceState]) -> None:
-                live.update(_table(states, len(fleet.rejected)), refresh=True)
+                live.update(_table(states, fleet.rejected_total), refresh=True)
 
             watch(fleet, args.interval, refresh, args.stale_after)
     except KeyboardInterrupt:

@@ -17,6 +17,7 @@ from canvoy.agent.database import load_databases
 from canvoy.bridge.records import Record, records
 from canvoy.bridge.verify import Verifier
 from canvoy.certs import pki
+from canvoy.commands.console import CommandConsole
 from canvoy.commands.options import add_broker, add_certs, parse_broker
 from canvoy.commands.values import resolutions, text
 from canvoy.errors import ConfigError, ConnectionLostError
@@ -84,7 +85,7 @@ def _identity(args: argparse.Namespace) -> tuple[str, TlsFiles]:
 def output_console() -> Console:
     """The console for records: a terminal wraps at its width; a pipe or file gets whole lines
     (a reader such as grep or a log file must see one record per line)."""
-    return Console(soft_wrap=not sys.stdout.isatty(), highlight=False)
+    return CommandConsole(soft_wrap=not sys.stdout.isatty(), highlight=False)
 
 
 def series_places(key: str, places: dict[str, int | None]) -> int | None:

@@ -107,5 +107,5 @@ def test_junk_between_log_lines_is_skipped_not_fatal(
 
 
 def test_empty_stream_says_what_was_expected() -> None:
-    with pytest.raises(DecodeError, match=r"candump -L lines such as"):
-        _read("\n\n")
+    with pytest.raises(DecodeError, match=r"\(it was empty\): expected candump -L lines such as"):
+        _read("\n\n")  # it said "(0 line(s) not understood)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 from pathlib import Path
 
@@ -68,6 +69,14 @@ def test_unknown_format_and_missing_file_are_clear_errors(tmp_path: Path) -> Non
         list(read_log(tmp_path / "drive.xyz"))
     with pytest.raises(DecodeError, match="does not exist"):
         list(read_log(tmp_path / "none.log"))
+
+
+def test_a_directory_or_a_device_is_not_called_missing(tmp_path: Path) -> None:
+    """`canvoy decode --dbc d /dev/null` said the log did not exist."""
+    with pytest.raises(DecodeError, match="is a directory: name a log file"):
+        list(read_log(tmp_path))
+    with pytest.raises(DecodeError, match=r"not a regular file.*standard input.*'-'"):
+        list(read_log(Path(os.devnull)))
 
 
 @pytest.mark.parametrize(

@@ -86,6 +86,7 @@ def test_forged_and_broken_statuses_are_reported_not_listed(broker: RunningBroke
         "generated_ms": 0,
         "devices": [],
         "rejected": [],
+        "rejected_total": 0,
     }
 
 
