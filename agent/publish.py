@@ -381,12 +381,16 @@ class Publisher:
             timeout_s=self.config.connect_timeout_s,
             keepalive_s=self.config.keepalive_s,
         )
+        receipts = topic(device, "receipts")
+        try:
+            conn.subscribe([(receipts, 1)])
+        except TransportError:
+            conn.close(timeout_s=0.1)  # this attempt failed: its network thread ends with it
+            raise
         self._conn = conn
         self.stats.connects += 1
         self.stats.last_error = ""
         self._window = max(1, min(self.config.max_inflight, connack.receive_maximum))
-        receipts = topic(device, "receipts")
-        conn.subscribe([(receipts, 1)])
         conn.publish(status_topic, self._birth(), retain=True)
         self._next_heartbeat_s = self._clock() + self.config.heartbeat_s
         log.info(

@@ -13,11 +13,13 @@ import pytest
 
 from canvoy.agent.outbox import OutboxStatus, open_status
 from canvoy.certs import pki
-from canvoy.errors import StoreError
+from canvoy.errors import ConnectionLostError, StoreError
+from canvoy.transport.mqtt import Connection
 from canvoy.wire.envelope import MAX_SEQ
 from tests.agentkit import agent_config, drive_log, start_agent, stop
 from tests.bridgekit import bridge_config, bridge_ready, read_jsonl, start_bridge
 from tests.conftest import RunningBroker
+from tests.linkproxy import LinkProxy
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.integration
@@ -103,3 +105,21 @@ def test_hostile_confirmations_neither_delete_nor_stop_the_agent(
             agent.kill()
         if bridge is not None:
             stop(bridge)
+
+
+def test_a_link_dead_between_connack_and_suback_is_a_lost_connection(
+    broker: RunningBroker,
+) -> None:
+    # The agent subscribes to its receipts right after CONNACK. A bare TimeoutError there was
+    # not a TransportError, so the publisher's retry let it through and its thread ended: the
+    # agent went on collecting and never published again.
+    proxy = LinkProxy(broker.port)
+    try:
+        conn = Connection(client_id="car-1", tls=broker.tls("device", "car-1"))
+        conn.connect("127.0.0.1", proxy.port)
+        proxy.cut()
+        with pytest.raises(ConnectionLostError, match="no SUBACK"):
+            conn.subscribe([(RECEIPTS, 1)], timeout_s=0.5)
+        conn.close(timeout_s=0.1)
+    finally:
+        proxy.close()
