@@ -444,7 +444,7 @@ class Outbox:
         with self._lock:
             rows = unsent(self._db, limit + len(skipped))
             if len(rows) < limit + len(skipped):
-                rows += due(self._db, _now_ms(), limit + len(skipped))
+                rows += due(self._db, _now_ms(), limit + len(skipped), self.delivery)
         return [Row(s, k, p) for s, k, p in rows if s not in skipped][:limit]
 
     def unsent(self) -> int:

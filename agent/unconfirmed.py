@@ -105,12 +105,19 @@ def mark_sent(
     )
 
 
-def due(db: sqlite3.Connection, now_ms: int, limit: int) -> list[tuple[int, Kind, bytes]]:
-    """Unconfirmed rows whose wait is over, the longest-waiting first."""
+def due(
+    db: sqlite3.Connection, now_ms: int, limit: int, config: DeliveryConfig
+) -> list[tuple[int, Kind, bytes]]:
+    """Unconfirmed rows whose wait is over, the longest-waiting first.
+
+    No wait is longer than ``republish_max_s``, so a row due later than that was stamped by a
+    wall clock that has since gone back (a vehicle's clock set right by NTP or GNSS after a
+    boot in the future): it is due now, not when the wrong clock said.
+    """
     return db.execute(
-        "SELECT seq, kind, payload FROM outbox WHERE due_ms IS NOT NULL AND due_ms <= ? "
-        "ORDER BY due_ms LIMIT ?",
-        (now_ms, limit),
+        "SELECT seq, kind, payload FROM outbox WHERE due_ms IS NOT NULL "
+        "AND (due_ms <= :now OR due_ms > :now + :most) ORDER BY due_ms LIMIT :limit",
+        {"now": now_ms, "most": int(config.republish_max_s * 1000), "limit": limit},
     ).fetchall()
 
 

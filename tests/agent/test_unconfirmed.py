@@ -80,6 +80,20 @@ def test_each_republish_waits_twice_as_long_up_to_the_limit(tmp_path: Path, cloc
     assert waits == [10, 20, 35, 35]
 
 
+def test_a_wall_clock_set_back_does_not_hold_republishing_back(
+    tmp_path: Path, clock: Clock
+) -> None:
+    box = _open(tmp_path / "o.sqlite")  # confirm_timeout_s 10, republish_max_s 35
+    box.seal("telemetry", "none", b"t")
+    box.acknowledge([1])
+    clock.ms -= 86_400_000  # a clock a day ahead at boot, set right afterwards
+    assert [r.seq for r in box.pending(1)] == [1]  # not a day from now
+    box.acknowledge([1])  # stamped by the right clock: waits its 20 s again
+    assert box.pending(1) == []
+    clock.ms += 20_000
+    assert [r.seq for r in box.pending(1)] == [1]
+
+
 def test_a_confirmation_of_another_boot_deletes_nothing(tmp_path: Path, clock: Clock) -> None:
     box = _open(tmp_path / "o.sqlite")
     box.seal("events", "none", b"e")
