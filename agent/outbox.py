@@ -210,6 +210,9 @@ class Outbox:
             self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0]
         )
         self.listeners: list[threading.Event] = []
+        # Rows handed to the publisher and not acknowledged yet: with those the broker has
+        # acknowledged, all that a bridge can have seen, so all that it may confirm.
+        self._published: set[int] = set()
         # The next sequence number, also in memory so that ``reserve`` never waits for the
         # database: a bus thread may reserve while the sealing thread is inside an fsync.
         self._seq_lock = threading.Lock()
@@ -445,7 +448,9 @@ class Outbox:
             rows = unsent(self._db, limit + len(skipped))
             if len(rows) < limit + len(skipped):
                 rows += due(self._db, _now_ms(), limit + len(skipped), self.delivery)
-        return [Row(s, k, p) for s, k, p in rows if s not in skipped][:limit]
+            out = [Row(s, k, p) for s, k, p in rows if s not in skipped][:limit]
+            self._published.update(row.seq for row in out)
+        return out
 
     def unsent(self) -> int:
         """Rows the broker has not acknowledged yet."""
@@ -482,6 +487,7 @@ class Outbox:
                 )
                 db.execute("COMMIT")
                 self._bytes -= int(sizes)
+                self._published.difference_update(seqs)
             except sqlite3.Error as exc:
                 # The rows stay and are sent again: a duplicate, never a loss.
                 self._rollback()
@@ -504,6 +510,7 @@ class Outbox:
                 db.execute("UPDATE meta SET value = value + 1 WHERE name = 'rejected'")
                 db.execute("COMMIT")
                 self._bytes -= int(size[0]) if size else 0
+                self._published.discard(seq)
             except sqlite3.Error as exc:
                 self._rollback()
                 log.error("outbox: cannot move envelope %d to rejected: %s", seq, exc)
@@ -520,9 +527,9 @@ class Outbox:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                rows, size = confirm(self._db, ranges, delivered_ms)
+                gone, size = confirm(self._db, ranges, delivered_ms, self._published)
                 self._db.execute(
-                    "UPDATE meta SET value = value + ? WHERE name = 'confirmed'", (rows,)
+                    "UPDATE meta SET value = value + ? WHERE name = 'confirmed'", (len(gone),)
                 )
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -531,7 +538,8 @@ class Outbox:
                 log.error("outbox: cannot record a confirmation: %s", exc)
                 return 0
             self._bytes -= size
-        return rows
+            self._published.difference_update(gone)
+        return len(gone)
 
     def record_receipt(self, keys: Sequence[str], delivered_ms: int) -> int:
         """Mark events a bridge confirmed as durably forwarded; return how many were known.
