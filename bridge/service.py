@@ -165,7 +165,11 @@ class Bridge:
         )
         connack = conn.connect(c.broker.host, c.broker.port, keepalive_s=c.broker.keepalive_s)
         subscriptions = self._subscriptions()
-        conn.subscribe(subscriptions)
+        try:
+            conn.subscribe(subscriptions)
+        except TransportError:
+            conn.close(timeout_s=0.1)  # this attempt failed: its network thread ends with it
+            raise
         log.info(
             "bridge %s connected to %s:%d (session %s); subscribed to %s",
             c.name,
