@@ -123,3 +123,44 @@ def test_a_link_dead_between_connack_and_suback_is_a_lost_connection(
         conn.close(timeout_s=0.1)
     finally:
         proxy.close()
+
+
+def test_two_bridges_with_one_identity_say_so_and_stop_taking_turns(
+    broker: RunningBroker, tmp_path: Path
+) -> None:
+    # The same bridge.yaml deployed on two hosts: each connection takes the session of the
+    # other. Before, they reconnected at once and did so several times a second (over 200
+    # takeovers in this run) with no word of why.
+    bridges, logs = [], []
+    for host in ("h1", "h2"):
+        (tmp_path / host).mkdir()
+        config = bridge_config(
+            tmp_path / host / "b.yaml", broker, jsonl=tmp_path / host / "o.jsonl"
+        )
+        logs.append(tmp_path / host / "b.log")
+        bridges.append(start_bridge(config, logs[-1]))
+    agent_yaml = agent_config(
+        tmp_path / "agent.yaml",
+        broker,
+        replay=drive_log(tmp_path / "d.blf", 120),
+        speed="x4",
+        delivery=DELIVERY,
+    )
+    agent = start_agent(agent_yaml, tmp_path / "agent.log", "--exit-when-done")
+    try:
+        wait_for(
+            lambda: any("another bridge runs with the same name" in p.read_text() for p in logs),
+            60,
+            "a bridge to name the cause",
+        )
+        assert agent.wait(180) == 0
+        outbox = _outbox(tmp_path)
+        assert (outbox.depth, outbox.counters["confirmed"]) == (0, outbox.counters["next_seq"] - 1)
+        seqs = {int(r["seq"]) for h in ("h1", "h2") for r in read_jsonl(tmp_path / h / "o.jsonl")}
+        assert seqs >= set(range(1, outbox.counters["next_seq"]))
+        assert broker.log().count("already connected") < 60
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+        for bridge in bridges:
+            stop(bridge)
