@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -33,7 +34,7 @@ from canvoy.agent.outbox_status import EventStatus, OutboxStatus, open_status, r
 from canvoy.agent.unconfirmed import DeliveryConfig, confirm, due, mark_sent, migrate, unsent
 from canvoy.errors import ConfigError, StoreError
 from canvoy.wire import body
-from canvoy.wire.envelope import Encoding, Envelope, sign
+from canvoy.wire.envelope import MAX_SEQ, Encoding, Envelope, sign
 from canvoy.wire.errors import EnvelopeError, OversizeError
 from canvoy.wire.events import AgentEvent, parse_events
 from canvoy.wire.topics import Kind
@@ -48,6 +49,10 @@ EVICTION_WARNING_S = 60.0
 # Kept free on the disk so that the WAL can always take the writes that evict and checkpoint.
 DISK_RESERVE_BYTES = 4 * WAL_PAGES * 4096
 PRIORITY: dict[str, int] = {"events": 0, "telemetry": 1}
+# device:boot:seq[:index] in ASCII digits only (str.isdigit() also takes "²", which int() refuses)
+_RECEIPT_KEY = re.compile(
+    r"(?P<device>[^:]+):(?P<boot>[0-9a-f]{32}):(?P<seq>[0-9]{1,19})(?::[0-9]+)?"
+)
 _FULL_ERRORS = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -205,6 +210,9 @@ class Outbox:
             self._db.execute("SELECT COALESCE(SUM(size), 0) FROM outbox").fetchone()[0]
         )
         self.listeners: list[threading.Event] = []
+        # Rows handed to the publisher and not acknowledged yet: with those the broker has
+        # acknowledged, all that a bridge can have seen, so all that it may confirm.
+        self._published: set[int] = set()
         # The next sequence number, also in memory so that ``reserve`` never waits for the
         # database: a bus thread may reserve while the sealing thread is inside an fsync.
         self._seq_lock = threading.Lock()
@@ -439,8 +447,10 @@ class Outbox:
         with self._lock:
             rows = unsent(self._db, limit + len(skipped))
             if len(rows) < limit + len(skipped):
-                rows += due(self._db, _now_ms(), limit + len(skipped))
-        return [Row(s, k, p) for s, k, p in rows if s not in skipped][:limit]
+                rows += due(self._db, _now_ms(), limit + len(skipped), self.delivery)
+            out = [Row(s, k, p) for s, k, p in rows if s not in skipped][:limit]
+            self._published.update(row.seq for row in out)
+        return out
 
     def unsent(self) -> int:
         """Rows the broker has not acknowledged yet."""
@@ -477,6 +487,7 @@ class Outbox:
                 )
                 db.execute("COMMIT")
                 self._bytes -= int(sizes)
+                self._published.difference_update(seqs)
             except sqlite3.Error as exc:
                 # The rows stay and are sent again: a duplicate, never a loss.
                 self._rollback()
@@ -499,6 +510,7 @@ class Outbox:
                 db.execute("UPDATE meta SET value = value + 1 WHERE name = 'rejected'")
                 db.execute("COMMIT")
                 self._bytes -= int(size[0]) if size else 0
+                self._published.discard(seq)
             except sqlite3.Error as exc:
                 self._rollback()
                 log.error("outbox: cannot move envelope %d to rejected: %s", seq, exc)
@@ -515,9 +527,9 @@ class Outbox:
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                rows, size = confirm(self._db, ranges, delivered_ms)
+                gone, size = confirm(self._db, ranges, delivered_ms, self._published)
                 self._db.execute(
-                    "UPDATE meta SET value = value + ? WHERE name = 'confirmed'", (rows,)
+                    "UPDATE meta SET value = value + ? WHERE name = 'confirmed'", (len(gone),)
                 )
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
@@ -526,7 +538,8 @@ class Outbox:
                 log.error("outbox: cannot record a confirmation: %s", exc)
                 return 0
             self._bytes -= size
-        return rows
+            self._published.difference_update(gone)
+        return len(gone)
 
     def record_receipt(self, keys: Sequence[str], delivered_ms: int) -> int:
         """Mark events a bridge confirmed as durably forwarded; return how many were known.
@@ -535,9 +548,12 @@ class Outbox:
         """
         marks = []
         for key in keys:
-            parts = key.split(":")
-            if len(parts) >= 3 and parts[0] == self.device and parts[2].isdigit():
-                marks.append((delivered_ms, int(parts[2]), parts[1]))
+            named = _RECEIPT_KEY.fullmatch(key)
+            if named is None or named["device"] != self.device:
+                continue  # not one of ours, or not a key at all: a bridge's word, not a fault
+            seq = int(named["seq"])
+            if seq <= MAX_SEQ:
+                marks.append((delivered_ms, seq, named["boot"]))
         if not marks:
             return 0
         with self._lock:

@@ -123,6 +123,7 @@ class PublishStats:
     lost_connections: int = 0
     receipts: int = 0
     confirmations: int = 0
+    bad_confirmations: int = 0  # malformed, or failed while being recorded; ignored
     confirmed: int = 0
     last_error: str = ""
 
@@ -380,12 +381,16 @@ class Publisher:
             timeout_s=self.config.connect_timeout_s,
             keepalive_s=self.config.keepalive_s,
         )
+        receipts = topic(device, "receipts")
+        try:
+            conn.subscribe([(receipts, 1)])
+        except TransportError:
+            conn.close(timeout_s=0.1)  # this attempt failed: its network thread ends with it
+            raise
         self._conn = conn
         self.stats.connects += 1
         self.stats.last_error = ""
         self._window = max(1, min(self.config.max_inflight, connack.receive_maximum))
-        receipts = topic(device, "receipts")
-        conn.subscribe([(receipts, 1)])
         conn.publish(status_topic, self._birth(), retain=True)
         self._next_heartbeat_s = self._clock() + self.config.heartbeat_s
         log.info(
@@ -409,15 +414,31 @@ class Publisher:
         conn.publish(topic(self.identity.device, "status"), self._birth(), retain=True)
 
     def _on_receipt(self, msg: Message) -> None:
-        """A bridge confirms envelopes as durably forwarded (only bridges may publish here)."""
+        """A bridge confirms envelopes as durably forwarded (only bridges may publish here).
+
+        This runs on paho's network thread, where an exception would end the connection's
+        loop; the session then brings the same message back at every reconnect. So whatever
+        one confirmation does wrong is caught here, counted and logged, and the link goes on.
+        """
         try:
             got = parse_confirmation(bytes(msg.payload))
         except EnvelopeError as exc:
+            self.stats.bad_confirmations += 1
             log.warning("ignoring a malformed confirmation on %s: %s", msg.topic, exc)
             return
+        try:
+            self.stats.receipts += self.outbox.record_receipt(got.keys, got.delivered_ms)
+            self.stats.confirmed += self.outbox.confirm(got.ranges, got.delivered_ms)
+        except Exception as exc:  # the boundary of one message: logged, counted, survived
+            self.stats.bad_confirmations += 1
+            log.error(
+                "ignoring a confirmation on %s that could not be recorded: %s",
+                msg.topic,
+                exc,
+                exc_info=log.isEnabledFor(logging.DEBUG),
+            )
+            return
         self.stats.confirmations += 1
-        self.stats.receipts += self.outbox.record_receipt(got.keys, got.delivered_ms)
-        self.stats.confirmed += self.outbox.confirm(got.ranges, got.delivered_ms)
 
     def _pump(self, conn: Connection) -> None:
         device = self.identity.device

@@ -13,7 +13,7 @@ These functions run inside the outbox's lock and transactions (``agent/outbox.py
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -105,12 +105,19 @@ def mark_sent(
     )
 
 
-def due(db: sqlite3.Connection, now_ms: int, limit: int) -> list[tuple[int, Kind, bytes]]:
-    """Unconfirmed rows whose wait is over, the longest-waiting first."""
+def due(
+    db: sqlite3.Connection, now_ms: int, limit: int, config: DeliveryConfig
+) -> list[tuple[int, Kind, bytes]]:
+    """Unconfirmed rows whose wait is over, the longest-waiting first.
+
+    No wait is longer than ``republish_max_s``, so a row due later than that was stamped by a
+    wall clock that has since gone back (a vehicle's clock set right by NTP or GNSS after a
+    boot in the future): it is due now, not when the wrong clock said.
+    """
     return db.execute(
-        "SELECT seq, kind, payload FROM outbox WHERE due_ms IS NOT NULL AND due_ms <= ? "
-        "ORDER BY due_ms LIMIT ?",
-        (now_ms, limit),
+        "SELECT seq, kind, payload FROM outbox WHERE due_ms IS NOT NULL "
+        "AND (due_ms <= :now OR due_ms > :now + :most) ORDER BY due_ms LIMIT :limit",
+        {"now": now_ms, "most": int(config.republish_max_s * 1000), "limit": limit},
     ).fetchall()
 
 
@@ -124,27 +131,36 @@ def unsent(db: sqlite3.Connection, limit: int) -> list[tuple[int, Kind, bytes]]:
 
 
 def confirm(
-    db: sqlite3.Connection, ranges: Iterable[tuple[bytes, int, int]], delivered_ms: int
-) -> tuple[int, int]:
-    """Delete the rows a bridge confirmed and mark its events delivered; return (rows, bytes)."""
-    rows = size = 0
+    db: sqlite3.Connection,
+    ranges: Iterable[tuple[bytes, int, int]],
+    delivered_ms: int,
+    published: Collection[int],
+) -> tuple[list[int], int]:
+    """Delete the rows a bridge confirmed and mark its events delivered; return the deleted
+    rows' sequence numbers and their bytes.
+
+    Only rows that were ever published can have reached a bridge: those the broker has
+    acknowledged, and ``published`` (handed to the publisher by this process, a confirmation
+    may overtake its PUBACK). A range over anything else (a bridge's mistake, or a stolen
+    bridge key aimed at the backlog of a vehicle that has been offline) deletes nothing there.
+    """
+    deleted: list[int] = []
+    size = 0
     for boot, first, last in ranges:
-        n, b = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM outbox "
-            "WHERE seq BETWEEN ? AND ? AND boot = ?",
-            (first, last, boot),
-        ).fetchone()
-        if n:
-            db.execute(
-                "DELETE FROM outbox WHERE seq BETWEEN ? AND ? AND boot = ?", (first, last, boot)
-            )
+        extra = sorted(s for s in published if first <= s <= last)
+        also = f" OR seq IN ({','.join('?' * len(extra))})" if extra else ""
+        where = f"seq BETWEEN ? AND ? AND boot = ? AND (sent_ms IS NOT NULL{also})"
+        gone = db.execute(
+            f"DELETE FROM outbox WHERE {where} RETURNING seq, size", (first, last, boot, *extra)
+        ).fetchall()
         db.execute(
             "UPDATE events SET delivered_ms = ? WHERE seq BETWEEN ? AND ? AND boot = ? "
-            "AND delivered_ms IS NULL",
-            (delivered_ms, first, last, boot.hex()),
+            f"AND delivered_ms IS NULL AND (acked_ms IS NOT NULL{also})",
+            (delivered_ms, first, last, boot.hex(), *extra),
         )
-        rows, size = rows + int(n), size + int(b)
-    return rows, size
+        deleted.extend(seq for seq, _size in gone)
+        size += sum(int(row_size) for _seq, row_size in gone)
+    return deleted, size
 
 
 def read_unconfirmed(db: sqlite3.Connection) -> Unconfirmed:

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from canvoy.bridge.config import BridgeConfig
 from canvoy.bridge.confirm import Confirmations
-from canvoy.bridge.delivery import SinkQueue, retry
+from canvoy.bridge.delivery import RETRY_INITIAL_S, RETRY_MAX_S, SinkQueue, retry
 from canvoy.bridge.metrics import BridgeMetrics
 from canvoy.bridge.pipeline import Batch, Pipeline, Received
 from canvoy.bridge.quarantine import Quarantine
@@ -54,6 +54,8 @@ from canvoy.wire.topics import PREFIX, topic
 
 log = logging.getLogger(__name__)
 CRL_CHECK_S = 5.0
+FLAP_S = 10.0  # a connection the broker closes sooner than this makes the next one wait
+FLAPS_TOLD, FLAPS_LOGGED = 3, 20  # the cause is logged at the 3rd flap in a row, 23rd, ...
 REPORT_S = 10.0
 
 
@@ -165,7 +167,11 @@ class Bridge:
         )
         connack = conn.connect(c.broker.host, c.broker.port, keepalive_s=c.broker.keepalive_s)
         subscriptions = self._subscriptions()
-        conn.subscribe(subscriptions)
+        try:
+            conn.subscribe(subscriptions)
+        except TransportError:
+            conn.close(timeout_s=0.1)  # this attempt failed: its network thread ends with it
+            raise
         log.info(
             "bridge %s connected to %s:%d (session %s); subscribed to %s",
             c.name,
@@ -181,11 +187,15 @@ class Bridge:
             log.error("bridge cannot connect: %s", error)
             self.stats["connect_failures"] += 1
 
+        flaps = 0  # connections in a row that the broker closed soon after they began
         while not self._stop.is_set():
+            if flaps and self._stop.wait(min(RETRY_MAX_S, RETRY_INITIAL_S * 2 ** (flaps - 1))):
+                return
             try:
                 conn = retry(self._connect_once, TransportError, self._stop, note)
             except StoppedError:
                 return
+            began = time.monotonic()
             self._conn = conn
             self._connected.set()
             self.stats["connects"] += 1
@@ -193,7 +203,22 @@ class Bridge:
             while not self._stop.is_set() and not conn.closed.done():
                 self._stop.wait(0.2)
             self._connected.clear()
-            if not self._stop.is_set():
+            if self._stop.is_set():
+                return
+            flaps = flaps + 1 if time.monotonic() - began < FLAP_S else 0
+            if flaps % FLAPS_LOGGED == FLAPS_TOLD:
+                # Two processes with one identity take the session from each other: without the
+                # wait above they did so several times a second, for as long as both ran.
+                log.error(
+                    "bridge %s: the broker closed %d connections in a row within %.0f s of "
+                    "their start: most likely another bridge runs with the same name and "
+                    "certificate; give each instance its own ('canvoy certs issue bridge NAME' "
+                    "and name: NAME in its config). Reconnecting with back-off",
+                    self.config.name,
+                    flaps,
+                    FLAP_S,
+                )
+            else:
                 log.warning("bridge lost its connection: %s", conn.closed.result())
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -252,7 +252,12 @@ class Connection:
                 self._subs[mid] = fut
             else:
                 fut.set_result(early)
-        codes = fut.result(timeout_s)
+        try:
+            codes = fut.result(timeout_s)
+        except TimeoutError as exc:  # a dead link after CONNACK: retried like any lost link
+            with self._lock:
+                self._subs.pop(mid, None)
+            raise ConnectionLostError(f"no SUBACK for {topics} within {timeout_s} s") from exc
         refused = [t for (t, _q), c in zip(topics, codes, strict=False) if c >= FAILURE]
         if refused:
             raise TransportError(f"broker refused subscription to {refused}: check the ACL")

@@ -80,6 +80,20 @@ def test_each_republish_waits_twice_as_long_up_to_the_limit(tmp_path: Path, cloc
     assert waits == [10, 20, 35, 35]
 
 
+def test_a_wall_clock_set_back_does_not_hold_republishing_back(
+    tmp_path: Path, clock: Clock
+) -> None:
+    box = _open(tmp_path / "o.sqlite")  # confirm_timeout_s 10, republish_max_s 35
+    box.seal("telemetry", "none", b"t")
+    box.acknowledge([1])
+    clock.ms -= 86_400_000  # a clock a day ahead at boot, set right afterwards
+    assert [r.seq for r in box.pending(1)] == [1]  # not a day from now
+    box.acknowledge([1])  # stamped by the right clock: waits its 20 s again
+    assert box.pending(1) == []
+    clock.ms += 20_000
+    assert [r.seq for r in box.pending(1)] == [1]
+
+
 def test_a_confirmation_of_another_boot_deletes_nothing(tmp_path: Path, clock: Clock) -> None:
     box = _open(tmp_path / "o.sqlite")
     box.seal("events", "none", b"e")
@@ -95,9 +109,29 @@ def test_a_confirmation_of_another_boot_deletes_nothing(tmp_path: Path, clock: C
 def test_a_confirmation_before_the_puback_is_fine(tmp_path: Path, clock: Clock) -> None:
     box = _open(tmp_path / "o.sqlite")
     box.seal("telemetry", "none", b"t")
+    assert [r.seq for r in box.pending(5)] == [1]  # published
     assert box.confirm([(box.boot, 1, 1)], clock.ms) == 1
     box.acknowledge([1])  # the PUBACK overtaken by the confirmation: nothing to do
     assert (box.depth(), box.pending(5)) == (0, [])
+
+
+def test_a_confirmation_deletes_only_what_was_ever_published(tmp_path: Path, clock: Clock) -> None:
+    # What bounds a bridge key used against a vehicle: the backlog of a vehicle that was offline
+    # never reached any bridge, and a range over the whole boot leaves it in place.
+    box = _open(tmp_path / "o.sqlite")
+    for i in range(5):
+        box.seal("events" if i == 4 else "telemetry", "none", b"x%d" % i)
+    box.pending(2)  # 5 (the event) and 1 handed to the publisher
+    box.acknowledge([5])
+    assert box.confirm([(box.boot, 0, 2**63 - 1)], clock.ms) == 2
+    assert box.depth() == 3
+    assert [r.seq for r in box.pending(5)] == [2, 3, 4]  # all still sent
+    assert [e.delivered_ms for e in box.status().events_log] == [clock.ms]
+    boot = box.boot
+    box.close()
+    box = _open(tmp_path / "o.sqlite")  # a restart: nothing handed over by this process yet
+    assert box.confirm([(boot, 0, 2**63 - 1)], clock.ms) == 0
+    assert box.depth() == 3
 
 
 def test_rows_of_an_earlier_run_are_confirmed_under_their_own_boot(
@@ -110,6 +144,7 @@ def test_rows_of_an_earlier_run_are_confirmed_under_their_own_boot(
     box.close()
     box = _open(tmp_path / "o.sqlite")
     box.seal("telemetry", "none", b"u")
+    box.pending(5)
     assert box.confirm([(box.boot, 1, 2)], clock.ms) == 1  # only its own: seq 2
     assert box.confirm([(old_boot, 1, 2)], clock.ms) == 1
     assert box.depth() == 0
