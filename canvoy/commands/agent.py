@@ -292,6 +292,8 @@ def _run(args: argparse.Namespace) -> int:
 def _age(ms: int | None, now_ms: int) -> str:
     if ms is None:
         return "-"
+    if ms > now_ms:  # stamped before the clock was set back
+        return f"{(ms - now_ms) / 1000:.1f} s ahead of this clock (it was set back since)"
     return f"{(now_ms - ms) / 1000:.1f} s ago"
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from canvoy.commands.agent import _age
 from tests.agentkit import REPO, TEST_DBC, Recorder, drive_log
 from tests.conftest import RunningBroker
 from tests.waiting import wait_for
@@ -129,3 +130,9 @@ def test_init_refuses_a_device_without_a_certificate(pki_dir: Path, tmp_path: Pa
     )
     assert done.returncode == 2
     assert "canvoy certs issue" in done.stderr
+
+
+def test_an_age_stamped_before_the_clock_was_set_back_is_not_negative() -> None:
+    assert _age(None, 1_000) == "-"
+    assert _age(500, 2_000) == "1.5 s ago"
+    assert _age(62_000, 2_000) == "60.0 s ahead of this clock (it was set back since)"
