@@ -14,7 +14,13 @@ from rich.table import Table
 
 from canvoy.certs import pki
 from canvoy.commands.console import CommandConsole
-from canvoy.commands.options import add_broker, add_certs, parse_broker
+from canvoy.commands.options import (
+    add_broker,
+    add_certs,
+    add_identity,
+    identity_files,
+    parse_broker,
+)
 from canvoy.errors import ConfigError
 from canvoy.fleet import QUIET_S, DeviceState, FleetWatch, watch
 from canvoy.wire.tls import TlsFiles
@@ -41,12 +47,7 @@ def add_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_certs(status)
-    status.add_argument(
-        "--identity",
-        required=True,
-        metavar="operator/NAME",
-        help="who connects (an operator identity of the PKI; one per person or tool)",
-    )
+    add_identity(status, "who connects (an operator identity of the PKI; one per person or tool)")
     add_broker(status, default="localhost")
     status.add_argument("--json", action="store_true", help="JSON for tools instead of a table")
     status.add_argument(
@@ -66,10 +67,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _identity(args: argparse.Namespace) -> tuple[str, TlsFiles]:
-    kind, _, name = args.identity.partition("/")
-    if kind != "operator" or not name:
-        raise ConfigError(f"--identity {args.identity!r} must be operator/NAME")
-    return name, pki.tls_files(args.certs, "operator", name)
+    return identity_files(args.certs, args.identity, ("operator",))
 
 
 def _when(ms: int | None, now_ms: int) -> str:

@@ -7,7 +7,10 @@ import json
 from pathlib import Path
 
 from canvoy.agent.source import Speed, parse_speed
+from canvoy.certs import pki
+from canvoy.certs.layout import IdentityKind
 from canvoy.errors import ConfigError
+from canvoy.wire.tls import TlsFiles
 
 DEFAULT_PORT = 8883  # MQTT over TLS (IANA)
 BROKER_HELP = (
@@ -102,3 +105,25 @@ def config_path(path: Path, config_file: Path) -> str:
     target, folder = path.resolve(), config_file.resolve().parent
     shown = target.relative_to(folder) if target.is_relative_to(folder) else target
     return json.dumps(str(shown))
+
+
+def add_identity(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """``--identity operator/NAME``: who a tool connects as (stored as ``args.identity``)."""
+    parser.add_argument("--identity", required=True, metavar="operator/NAME", help=help_text)
+
+
+def identity_files(
+    certs: Path, spelled: str, kinds: tuple[IdentityKind, ...] = ("operator",)
+) -> tuple[str, TlsFiles]:
+    """The name and TLS files of ``--identity KIND/NAME`` in the PKI at ``certs``.
+
+    Raises:
+        ConfigError: not ``KIND/NAME`` with one of ``kinds``.
+        PKIError: the PKI has no such identity (says what to issue).
+    """
+    spelled_kind, _, name = spelled.partition("/")
+    kind = next((k for k in kinds if k == spelled_kind), None)
+    if kind is None or not name:
+        raise ConfigError(f"--identity {spelled!r} must be operator/NAME")
+    pki.require_identity(certs, kind, name)
+    return name, pki.tls_files(certs, kind, name)

@@ -16,11 +16,16 @@ from rich.markup import escape
 from canvoy.agent.database import load_databases
 from canvoy.bridge.records import Record, records
 from canvoy.bridge.verify import Verifier
-from canvoy.certs import pki
 from canvoy.commands.console import CommandConsole
-from canvoy.commands.options import add_broker, add_certs, parse_broker
+from canvoy.commands.options import (
+    add_broker,
+    add_certs,
+    add_identity,
+    identity_files,
+    parse_broker,
+)
 from canvoy.commands.values import resolutions, text
-from canvoy.errors import ConfigError, ConnectionLostError
+from canvoy.errors import ConnectionLostError
 from canvoy.transport.mqtt import Connection, Message
 from canvoy.wire.errors import EnvelopeError
 from canvoy.wire.keys import DeviceKeys
@@ -44,11 +49,8 @@ def add_parser(sub: Any) -> None:
         "  canvoy tail --certs fleet --identity operator/ops --kind events --json | jq .",
     )
     add_certs(parser)
-    parser.add_argument(
-        "--identity",
-        required=True,
-        metavar="operator/NAME",
-        help="who follows ('canvoy certs issue operator NAME'); one identity per running tool",
+    add_identity(
+        parser, "who follows ('canvoy certs issue operator NAME'); one identity per running tool"
     )
     add_broker(parser, default="localhost")
     parser.add_argument(
@@ -75,11 +77,7 @@ def add_parser(sub: Any) -> None:
 
 
 def _identity(args: argparse.Namespace) -> tuple[str, TlsFiles]:
-    kind, _, name = args.identity.partition("/")
-    if kind not in ("operator", "bridge") or not name:
-        raise ConfigError(f"--identity {args.identity!r} must be operator/NAME")
-    pki.require_identity(args.certs, kind, name)  # PKIError: says what to issue
-    return name, pki.tls_files(args.certs, kind, name)
+    return identity_files(args.certs, args.identity, ("operator", "bridge"))
 
 
 def output_console() -> Console:
