@@ -195,7 +195,7 @@ def _run(
 ) -> None:
     root.mkdir()
     config = _bridge_yaml(root, certs, port, workers)
-    cmd = [sys.executable, "-m", "canvoy", "-v", "bridge", "run", "--config", str(config)]
+    cmd = [sys.executable, "-m", "canvoy", "bridge", "run", "--config", str(config)]
     log = (root / "bridge.log").open("ab")
     first = subprocess.Popen(cmd, stdout=log, stderr=log, cwd=REPO)
     while not _status(root).get("connects"):

@@ -33,7 +33,7 @@ from canvoy.broker.process import Broker
 from canvoy.certs import pki
 from tests.conftest import free_port
 
-AGENT_RUN = (sys.executable, "-m", "canvoy", "-v", "agent", "run")
+AGENT_RUN = (sys.executable, "-m", "canvoy", "agent", "run")
 RATE = re.compile(r"ended: ([\d,]+) frames in ([\d.]+) s")
 
 

@@ -443,7 +443,7 @@ class Bridge:
             "spool": spool,
             "dead_letters": dead,
         }
-        log.info("bridge: %s", json.dumps(report["counts"]))
+        log.debug("bridge: %s", json.dumps(report["counts"]))
         path = self.config.status_file
         if path is not None:
             tmp = path.with_name(path.name + ".tmp")

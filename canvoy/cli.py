@@ -49,21 +49,22 @@ class CanvoyParser(argparse.ArgumentParser):
             "--verbose",
             action="count",
             default=argparse.SUPPRESS,
-            help="more log output: -v info, -vv debug",
+            help="more log output, one level a -v (up to debug)",
         )
         logs.add_argument(
             "-q",
             "--quiet",
             action="count",
             default=argparse.SUPPRESS,
-            help="less log output: errors only",
+            help="less log output, one level a -q (down to errors only)",
         )
         logs.add_argument(
             "--log-level",
             type=str.lower,
             choices=LEVELS,
             default=argparse.SUPPRESS,
-            help="the log level; overrides -v and -q (default: warning)",
+            help="the log level; overrides -v and -q (default: info for agent run, bridge run and "
+            "broker; warning for the other commands)",
         )
         logs.add_argument(
             "--log-format",
@@ -100,7 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     log_format: LogFormat = getattr(args, "log_format", "text")
     configure(
         level_for(
-            getattr(args, "verbose", 0), getattr(args, "quiet", 0), getattr(args, "log_level", None)
+            getattr(args, "verbose", 0),
+            getattr(args, "quiet", 0),
+            getattr(args, "log_level", None),
+            service=getattr(args, "service", False),
         ),
         log_format,
     )

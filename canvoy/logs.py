@@ -36,12 +36,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
-def level_for(verbose: int, quiet: int, named: str | None) -> int:
-    """The root level: ``named`` (``--log-level``) when given, else WARNING moved by -v/-q."""
+def level_for(verbose: int, quiet: int, named: str | None, *, service: bool = False) -> int:
+    """The root level: ``named`` (``--log-level``) when given, else the default moved by -v/-q.
+
+    The default is WARNING for commands that do one thing and end, and INFO for the services
+    (``agent run``, ``bridge run``, ``broker``), whose lifecycle lines an operator looks for.
+    """
     if named is not None:
         return logging.getLevelNamesMapping()[named.upper()]
     steps = (logging.ERROR, logging.WARNING, logging.INFO, logging.DEBUG)
-    return steps[max(0, min(1 + verbose - quiet, len(steps) - 1))]
+    base = 2 if service else 1
+    return steps[max(0, min(base + verbose - quiet, len(steps) - 1))]
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

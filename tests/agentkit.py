@@ -106,7 +106,7 @@ def start_agent(config: Path, log: Path, *more: str) -> subprocess.Popen[bytes]:
     """``canvoy agent run`` as a real process, logging to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "canvoy", "-v", "agent", "run", "--config", str(config), *more],
+            [sys.executable, "-m", "canvoy", "agent", "run", "--config", str(config), *more],
             stdout=out,
             stderr=out,
             cwd=REPO,

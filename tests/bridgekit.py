@@ -214,7 +214,7 @@ def start_bridge(config: Path, log: Path) -> subprocess.Popen[bytes]:
     """``canvoy bridge run`` as a real process."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "canvoy", "-v", "bridge", "run", "--config", str(config)],
+            [sys.executable, "-m", "canvoy", "bridge", "run", "--config", str(config)],
             stdout=out,
             stderr=out,
             cwd=REPO,

@@ -240,7 +240,7 @@ class Fleet:
     def start_bridge(self, name: str) -> None:
         """``canvoy bridge run`` for ``name``."""
         (self.folder / f"status-{name}.json").unlink(missing_ok=True)
-        self._spawn(name, "-v", "bridge", "run", "--config", f"{name}.yaml")
+        self._spawn(name, "bridge", "run", "--config", f"{name}.yaml")
 
     def bridge_connected(self, name: str) -> bool:
         """True once the bridge's status file says it is connected."""
@@ -252,7 +252,7 @@ class Fleet:
 
     def start_agent(self, *more: str) -> subprocess.Popen[bytes]:
         """``canvoy agent run`` replaying the drive."""
-        return self._spawn("agent", "-v", "agent", "run", "--config", "agent.yaml", *more)
+        return self._spawn("agent", "agent", "run", "--config", "agent.yaml", *more)
 
     def start_all(self) -> None:
         """The cluster, the broker and both bridges, each ready.

@@ -198,7 +198,7 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="stop once every replayed log has ended and the outbox is acknowledged",
     )
-    run.set_defaults(func=_run)
+    run.set_defaults(func=_run, service=True)
 
     status = agent_sub.add_parser(
         "status",

@@ -129,7 +129,7 @@ def add_parser(sub: Any) -> None:
         epilog="example:\n  canvoy bridge run --config bridge.yaml --log-format json",
     )
     add_config(run, "bridge")
-    run.set_defaults(func=_run)
+    run.set_defaults(func=_run, service=True)
 
     again = bridge_sub.add_parser(
         "redeliver",

@@ -58,7 +58,7 @@ def add_parser(sub: Any) -> None:
         help="save the persistence file after this many changes (default 1, the most durable; "
         "see docs/CONFIG.md for its cost while messages queue)",
     )
-    parser.set_defaults(func=_run)
+    parser.set_defaults(func=_run, service=True)
 
 
 def _run(args: argparse.Namespace) -> int:

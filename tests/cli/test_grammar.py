@@ -91,6 +91,10 @@ def test_logging_levels() -> None:
     assert level_for(1, 0, None) == logging.INFO
     assert level_for(5, 0, None) == logging.DEBUG
     assert level_for(0, 1, None) == logging.ERROR
+    assert level_for(0, 0, None, service=True) == logging.INFO
+    assert level_for(0, 1, None, service=True) == logging.WARNING
+    assert level_for(1, 0, None, service=True) == logging.DEBUG
+    assert level_for(0, 0, "error", service=True) == logging.ERROR
     assert level_for(2, 0, "error") == logging.ERROR  # --log-level wins
 
 

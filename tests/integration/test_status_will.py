@@ -40,6 +40,9 @@ def test_a_killed_agents_will_is_forwarded_after_its_birth(
             timeout_s=30,
             what="the last will forwarded (keepalive 1.5 x 30 s is not waited: the socket closes)",
         )
+        # The services log their lifecycle at INFO by default (no -v given).
+        assert "connected to 127.0.0.1" in (tmp_path / "agent.log").read_text()
+        assert "subscribed to" in (tmp_path / "bridge.log").read_text()
         states = _states(files)
         assert states.index(("offline", True)) > states.index(("online", False))
     finally:
