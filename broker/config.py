@@ -38,7 +38,7 @@ class BrokerSettings:
         if not 0 < self.port < 65536:
             raise ConfigError(f"--port {self.port} is invalid: use 1-65535")
         if self.autosave_changes < 1:
-            raise ConfigError(f"autosave_changes {self.autosave_changes} must be >= 1")
+            raise ConfigError(f"--autosave-changes {self.autosave_changes} must be >= 1")
         if self.max_queued_messages < 0 or self.max_queued_bytes < 0:
             raise ConfigError(
                 "--max-queued-messages and --max-queued-bytes must be >= 0 (0 = no limit)"

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from canvoy.broker.config import BrokerSettings, render_conf
-from canvoy.errors import BrokerError
+from canvoy.errors import ConfigError
 
 
 def test_the_broker_saves_after_every_change_by_default(tmp_path: Path) -> None:
@@ -19,5 +19,5 @@ def test_the_broker_saves_after_every_change_by_default(tmp_path: Path) -> None:
 def test_autosave_changes_is_passed_on_and_checked(tmp_path: Path) -> None:
     settings = BrokerSettings(certs=tmp_path, port=8884, data=tmp_path, autosave_changes=1000)
     assert "autosave_interval 1000" in render_conf(settings).splitlines()
-    with pytest.raises(BrokerError, match="autosave_changes 0 must be >= 1"):
+    with pytest.raises(ConfigError, match="--autosave-changes 0 must be >= 1"):
         BrokerSettings(certs=tmp_path, port=8884, data=tmp_path, autosave_changes=0)
