@@ -17,11 +17,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.core import CounterMetricFamily, InfoMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from canvoy import __version__
 from canvoy.agent.outbox_status import OutboxStatus, read_status
+from canvoy.metrics import Families
 
 if TYPE_CHECKING:
     from canvoy.agent.service import Agent
@@ -69,14 +70,9 @@ class _CertExpiry:
         return self._not_after
 
 
-def _counter(name: str, doc: str, value: float, labels: dict[str, str] | None = None) -> Metric:
-    family = CounterMetricFamily(f"{PREFIX}_{name}", doc, labels=list(labels or {}))
-    family.add_metric(list((labels or {}).values()), value)
-    return family
-
-
-def _gauge(name: str, doc: str, value: float) -> Metric:
-    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+_families = Families(PREFIX)
+_counter = _families.counter
+_gauge = _families.gauge
 
 
 class AgentMetrics:

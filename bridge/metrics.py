@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import Metric
 
 from canvoy import __version__
 from canvoy.bridge.state import read_depths
+from canvoy.metrics import Families
 
 if TYPE_CHECKING:
     from canvoy.bridge.service import Bridge
@@ -44,12 +45,9 @@ REASONS = (
 )
 
 
-def _counter(name: str, doc: str, value: float) -> Metric:
-    return CounterMetricFamily(f"{PREFIX}_{name}", doc, value=value)
-
-
-def _gauge(name: str, doc: str, value: float) -> Metric:
-    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, value=value)
+_families = Families(PREFIX)
+_counter = _families.counter
+_gauge = _families.gauge
 
 
 class BridgeMetrics:

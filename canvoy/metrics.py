@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from canvoy.errors import ConfigError
@@ -98,6 +99,21 @@ class _Confined:
             type(exc).__name__,
             exc,
         )
+
+
+class Families:
+    """One-sample metric families named ``<prefix>_<name>`` (``canvoy_agent``, ...)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def counter(self, name: str, doc: str, value: float) -> Metric:
+        """A counter family holding ``value``."""
+        return CounterMetricFamily(f"{self.prefix}_{name}", doc, value=value)
+
+    def gauge(self, name: str, doc: str, value: float) -> Metric:
+        """A gauge family holding ``value``."""
+        return GaugeMetricFamily(f"{self.prefix}_{name}", doc, value=value)
 
 
 class MetricsServer:
