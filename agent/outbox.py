@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import sqlite3
 import threading
 import time
@@ -34,7 +33,7 @@ from canvoy.agent.outbox_status import EventStatus, OutboxStatus, open_status, r
 from canvoy.agent.unconfirmed import DeliveryConfig, confirm, due, mark_sent, migrate, unsent
 from canvoy.errors import ConfigError, StoreError
 from canvoy.wire import body
-from canvoy.wire.envelope import MAX_SEQ, Encoding, Envelope, sign
+from canvoy.wire.envelope import Encoding, Envelope, parse_key, sign
 from canvoy.wire.errors import EnvelopeError, OversizeError
 from canvoy.wire.events import AgentEvent, parse_events
 from canvoy.wire.topics import Kind
@@ -49,10 +48,6 @@ EVICTION_WARNING_S = 60.0
 # Kept free on the disk so that the WAL can always take the writes that evict and checkpoint.
 DISK_RESERVE_BYTES = 4 * WAL_PAGES * 4096
 PRIORITY: dict[str, int] = {"events": 0, "telemetry": 1}
-# device:boot:seq[:index] in ASCII digits only (str.isdigit() also takes "²", which int() refuses)
-_RECEIPT_KEY = re.compile(
-    r"(?P<device>[^:]+):(?P<boot>[0-9a-f]{32}):(?P<seq>[0-9]{1,19})(?::[0-9]+)?"
-)
 _FULL_ERRORS = (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -548,12 +543,11 @@ class Outbox:
         """
         marks = []
         for key in keys:
-            named = _RECEIPT_KEY.fullmatch(key)
-            if named is None or named["device"] != self.device:
+            named = parse_key(key, record=True)
+            if named is None or named[0] != self.device:
                 continue  # not one of ours, or not a key at all: a bridge's word, not a fault
-            seq = int(named["seq"])
-            if seq <= MAX_SEQ:
-                marks.append((delivered_ms, seq, named["boot"]))
+            _device, boot, seq = named
+            marks.append((delivered_ms, seq, boot.hex()))
         if not marks:
             return 0
         with self._lock:

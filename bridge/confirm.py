@@ -15,28 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from canvoy.wire.confirm import confirmation_payloads
-from canvoy.wire.envelope import MAX_SEQ
-from canvoy.wire.ids import ID_PATTERN
+from canvoy.wire.envelope import parse_key
 
 
 @dataclass(slots=True)
 class _Pending:
     seqs: dict[bytes, set[int]] = field(default_factory=dict)
     keys: list[str] = field(default_factory=list)
-
-
-def parse_key(key: str) -> tuple[str, bytes, int] | None:
-    """``device:boot:seq`` -> its parts (None for anything else)."""
-    parts = key.split(":")
-    if len(parts) != 3 or ID_PATTERN.fullmatch(parts[0]) is None:
-        return None
-    device, boot, seq = parts
-    if len(boot) != 32 or not seq.isdigit() or int(seq) > MAX_SEQ:
-        return None
-    try:
-        return device, bytes.fromhex(boot), int(seq)
-    except ValueError:
-        return None
 
 
 class Confirmations:

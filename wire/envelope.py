@@ -9,6 +9,7 @@ The signature is ECDSA P-256 / SHA-256 over the exact bytes of ``signed``, as ra
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +42,26 @@ ENCODINGS: tuple[Encoding, ...] = ("none", "zstd")
 _FIELDS = 8
 _SIGNING = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
 _VERIFYING = ec.ECDSA(hashes.SHA256())
+
+
+# device:boot:seq[:index]: the boot in lowercase hex as ``Envelope.key`` writes it, numbers in
+# ASCII digits (str.isdigit() also takes "²", which int() refuses)
+_KEY = re.compile(r"([^:]+):([0-9a-f]{32}):([0-9]{1,19})(:[0-9]+)?")
+
+
+def parse_key(key: str, *, record: bool = False) -> tuple[str, bytes, int] | None:
+    """An envelope's idempotency key ``device:boot:seq`` -> its parts; None for anything else.
+
+    With ``record`` a record key ``device:boot:seq:index`` (an event of the envelope) is taken
+    too and names its envelope. Safe on hostile text: never raises.
+    """
+    parts = _KEY.fullmatch(key)
+    if parts is None or (parts[4] is not None and not record):
+        return None
+    device, boot, seq = parts[1], parts[2], int(parts[3])
+    if ID_PATTERN.fullmatch(device) is None or seq > MAX_SEQ:
+        return None
+    return device, bytes.fromhex(boot), seq
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

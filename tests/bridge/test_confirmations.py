@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from canvoy.bridge.confirm import Confirmations, parse_key
+from canvoy.bridge.confirm import Confirmations
 from canvoy.wire.confirm import parse_confirmation
+from canvoy.wire.envelope import parse_key
 
 A, B = "aa" * 16, "bb" * 16
 
@@ -57,3 +60,15 @@ def test_keys_that_name_no_outbox_row_are_ignored(key: str) -> None:
 def test_parse_key() -> None:
     assert parse_key(f"car-1:{A}:7") == ("car-1", bytes.fromhex(A), 7)
     assert parse_key(f"car-1:{'zz' * 16}:7") is None
+    assert parse_key(f"car-1:{A}:²") is None  # isdigit() takes it, int() would not
+    assert parse_key(f"car-1:{A}:{2**63}") is None
+    assert parse_key(f"car-1:{A.upper()}:7") is None
+    assert parse_key(f"car-1:{A}:7:3") is None  # a record key, not an envelope's
+    assert parse_key(f"car-1:{A}:7:3", record=True) == ("car-1", bytes.fromhex(A), 7)
+    assert parse_key(f"car 1:{A}:7") is None
+
+
+@given(st.text(max_size=80))
+def test_parse_key_never_raises(text: str) -> None:
+    parsed = parse_key(text, record=True)
+    assert parsed is None or 0 <= parsed[2] <= 2**63 - 1
